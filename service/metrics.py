@@ -1,0 +1,125 @@
+"""Every Prometheus metric of the gateway, with its labels, in one place.
+
+Labels are bounded: model, version, endpoint, route, outcome, reason, view, status.
+Never an entity id or a request id.
+
+With several worker processes (`mlgate serve --workers N`) the CLI sets
+PROMETHEUS_MULTIPROC_DIR before anything imports this module, and `/metrics`
+aggregates every process's values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# 100 µs .. 1 s, roughly x2.5 per step.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+REQUESTS = Counter(
+    "mlgate_requests_total",
+    "Requests answered, by model, version, endpoint and outcome (ok or an error class).",
+    ["model", "version", "endpoint", "outcome"],
+)
+REQUEST_LATENCY = Histogram(
+    "mlgate_request_duration_seconds",
+    "Time from request decoded to response encoded.",
+    ["model", "version", "endpoint", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_LATENCY = Histogram(
+    "mlgate_inference_duration_seconds",
+    "Time the backend spent on one batch.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+FEATURE_FETCH_LATENCY = Histogram(
+    "mlgate_feature_fetch_duration_seconds",
+    "Time of one online-store lookup (all views and entities of a request: one round trip).",
+    ["store"],
+    buckets=LATENCY_BUCKETS,
+)
+FEATURE_ROWS = Counter(
+    "mlgate_feature_rows_total",
+    "Feature rows served, by view and status (fresh, stale, missing, defaulted).",
+    ["view", "status"],
+)
+
+# Dynamic batching.
+BATCH_SIZE = Histogram(
+    "mlgate_batch_size",
+    "Rows per executed batch.",
+    ["model", "version"],
+    buckets=BATCH_SIZE_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "mlgate_queue_depth",
+    "Requests waiting in the batcher's queue.",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "mlgate_queue_wait_seconds",
+    "Time a request waited in the queue before its batch started.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_REJECTED = Counter(
+    "mlgate_queue_rejected_total",
+    "Requests refused because the queue was full (429).",
+    ["model", "version"],
+)
+QUEUE_EXPIRED = Counter(
+    "mlgate_queue_expired_total",
+    "Requests whose deadline passed while queued (504); never run.",
+    ["model", "version"],
+)
+BATCH_RELEASES = Counter(
+    "mlgate_batch_releases_total",
+    "Why each batch left the queue: full, preferred, delay, deadline, idle.",
+    ["model", "version", "reason"],
+)
+
+# Prediction guardrails.
+GUARD_EVENTS = Counter(
+    "mlgate_guard_events_total",
+    "Predictions flagged, clamped, rejected or replaced, by reason.",
+    ["model", "version", "action", "reason"],
+)
+GUARD_FLAG_RATE = Gauge(
+    "mlgate_guard_flag_rate",
+    "Share of recent predictions that broke their output contract (rolling window).",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+
+# Audit log.
+AUDIT_RECORDS = Counter(
+    "mlgate_audit_records_total",
+    "Audit records by outcome: queued, written, spilled, drained, dropped.",
+    ["outcome"],
+)
+AUDIT_QUEUE_BYTES = Gauge(
+    "mlgate_audit_queue_bytes",
+    "Bytes held in the in-process audit queue.",
+    multiprocess_mode="livesum",
+)
+AUDIT_LAG = Gauge(
+    "mlgate_audit_lag_seconds",
+    "Age of the oldest record not yet written to the sink.",
+    multiprocess_mode="livemax",
+)
