@@ -1,0 +1,216 @@
+"""Build the demo models of the repository, byte for byte reproducibly.
+
+    python -m models.build [--out models]
+
+Writes `<out>/<model>/<version>/model.onnx`; the config.yaml files beside them are hand-written.
+Every weight comes from a seeded numpy generator and nothing time- or host-dependent goes into
+the protobuf, so a rebuild yields the same bytes (the tests check it).
+
+The models take the 32 online features of a user (the views of models/feature_views.yaml, in
+the order their config.yaml binds them) and answer a fraud probability. They standardise their
+input first, with means and deviations fitted on the demo population the gateway seeds its
+feature store with: raw features span counts below ten and amounts in the hundreds, and an MLP
+fed those directly saturates its sigmoid. Standardised values are clipped to +-5, so a default
+far outside the population (30 days since the last transaction) weighs like an outlier, not
+like an order of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from feature_store.loader import synthetic_rows
+from feature_store.views import load_views
+
+N_FEATURES = 32
+OPSET = 17
+# IR 8 is what opset 17 shipped with; every onnxruntime the project supports (>= 1.17) reads it.
+IR_VERSION = 8
+INPUT_NAME = "features"
+OUTPUT_NAME = "probability"
+
+VIEWS_FILE = Path(__file__).resolve().parent / "feature_views.yaml"
+# The order of the `features.views` binding in the models' config.yaml.
+FEATURE_VIEWS = ("txn_stats", "user_profile")
+_POPULATION_ROWS = 20_000
+_CLIP = 5.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    hidden: tuple[int, ...]
+    seed: int
+    # Set for a retraining of a shared base model: the weights are the base's (from this seed)
+    # plus drift drawn from `seed`.
+    base_seed: int | None = None
+    # Stored as FP16 (and cast back at load) to halve the committed size of the large models.
+    fp16_weights: bool = False
+
+
+# Both fraud_mlp versions are the same base model plus seed-specific drift, like two retrainings
+# on overlapping data: their scores differ clearly but stay correlated, which makes canary and
+# shadow comparisons meaningful.
+_FRAUD_BASE_SEED = 7
+_RETRAIN_DRIFT = 0.25
+# Fraud is rare: the output bias puts the typical score well below one half.
+_OUTPUT_BIAS = -1.5
+# Scales the last layer so the logit has a standard deviation near 1.5 on standardised input,
+# wide enough to use the range of the sigmoid and narrow enough not to saturate it.
+_LOGIT_STD = 1.5
+
+MODELS = (
+    ModelSpec("fraud_mlp", "1", hidden=(64,), seed=1, base_seed=_FRAUD_BASE_SEED),
+    ModelSpec("fraud_mlp", "2", hidden=(64,), seed=2, base_seed=_FRAUD_BASE_SEED),
+    ModelSpec("heavy_mlp", "1", hidden=(1024, 1024, 1024), seed=3, fp16_weights=True),
+)
+
+
+def _layer_weights(
+    rng: np.random.Generator, sizes: list[int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """He-initialised (weight, bias) pairs, so ReLU activations keep a unit scale through depth."""
+    layers = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        weight = rng.normal(0.0, np.sqrt(2.0 / fan_in), (fan_in, fan_out))
+        bias = rng.normal(0.0, 0.1, fan_out)
+        layers.append((weight, bias))
+    return layers
+
+
+def _weights(spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
+    sizes = [N_FEATURES, *spec.hidden, 1]
+    layers = _layer_weights(np.random.default_rng(spec.seed), sizes)
+    if spec.base_seed is not None:
+        base = _layer_weights(np.random.default_rng(spec.base_seed), sizes)
+        layers = [
+            (w + _RETRAIN_DRIFT * dw, b + _RETRAIN_DRIFT * db)
+            for (w, b), (dw, db) in zip(base, layers, strict=True)
+        ]
+    last_w, _ = layers[-1]
+    # He initialisation leaves the logit with a variance of roughly 2: rescale it to _LOGIT_STD.
+    layers[-1] = (last_w * (_LOGIT_STD / np.sqrt(2.0)), np.full(1, _OUTPUT_BIAS))
+    return layers
+
+
+@dataclass(frozen=True)
+class Standardisation:
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, views_file: Path) -> Standardisation:
+        """Fitted on the synthetic rows `mlgate` seeds its feature store with for the demo."""
+        views = load_views(views_file)
+        population = np.concatenate(
+            [synthetic_rows(views[name], _POPULATION_ROWS, seed=0)[1] for name in FEATURE_VIEWS],
+            axis=1,
+        ).astype(np.float64)
+        if population.shape[1] != N_FEATURES:
+            raise ValueError(
+                f"{views_file}: views {', '.join(FEATURE_VIEWS)} give {population.shape[1]} "
+                f"features, the models take {N_FEATURES}"
+            )
+        std = population.std(axis=0)
+        # A constant feature carries no signal; dividing by one keeps it finite.
+        return cls(population.mean(axis=0), np.where(std > 0, std, 1.0))
+
+
+def build_model(spec: ModelSpec, standardisation: Standardisation) -> onnx.ModelProto:
+    """The ONNX graph of one model version: standardise and clip, MLP with ReLU, sigmoid."""
+    weight_type = np.float16 if spec.fp16_weights else np.float32
+    initializers: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def constant(name: str, value: np.ndarray) -> str:
+        initializers.append(numpy_helper.from_array(value.astype(weight_type), name))
+        if not spec.fp16_weights:
+            return name
+        nodes.append(helper.make_node("Cast", [name], [f"{name}_fp32"], to=TensorProto.FLOAT))
+        return f"{name}_fp32"
+
+    scale = constant("std_scale", 1.0 / standardisation.std)
+    shift = constant("std_shift", -standardisation.mean / standardisation.std)
+    nodes.append(helper.make_node("Mul", [INPUT_NAME, scale], ["scaled"]))
+    nodes.append(helper.make_node("Add", ["scaled", shift], ["shifted"]))
+    # Clip takes its bounds as inputs since opset 11; they stay FP32 whatever the weights are.
+    initializers.append(numpy_helper.from_array(np.array(-_CLIP, np.float32), "clip_min"))
+    initializers.append(numpy_helper.from_array(np.array(_CLIP, np.float32), "clip_max"))
+    nodes.append(helper.make_node("Clip", ["shifted", "clip_min", "clip_max"], ["standardised"]))
+
+    layers = _weights(spec)
+    x = "standardised"
+    for i, (weight, bias) in enumerate(layers):
+        w = constant(f"w{i}", weight)
+        b = constant(f"b{i}", bias)
+        nodes.append(helper.make_node("MatMul", [x, w], [f"matmul{i}"]))
+        nodes.append(helper.make_node("Add", [f"matmul{i}", b], [f"linear{i}"]))
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [f"linear{i}"], [f"relu{i}"]))
+            x = f"relu{i}"
+    nodes.append(helper.make_node("Sigmoid", [f"linear{len(layers) - 1}"], [OUTPUT_NAME]))
+
+    graph = helper.make_graph(
+        nodes,
+        f"{spec.name}_v{spec.version}",
+        inputs=[
+            helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", N_FEATURES])
+        ],
+        outputs=[helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 1])],
+        initializer=initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="mlgate.models.build",
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def build_all(out: Path, views_file: Path = VIEWS_FILE) -> list[Path]:
+    """Write every model version under `out`; returns the paths written."""
+    standardisation = Standardisation.fit(views_file)
+    paths = []
+    for spec in MODELS:
+        path = out / spec.name / spec.version / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(build_model(spec, standardisation).SerializeToString())
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.build", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="model repository to write into (default: the directory of this script)",
+    )
+    parser.add_argument(
+        "--views",
+        type=Path,
+        default=VIEWS_FILE,
+        help="feature views whose demo population fits the standardisation (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    for path in build_all(args.out, args.views):
+        data = path.read_bytes()
+        print(f"{path}  {len(data) / 1e6:6.2f} MB  sha256 {hashlib.sha256(data).hexdigest()[:16]}")
+
+
+if __name__ == "__main__":
+    main()

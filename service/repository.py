@@ -1,0 +1,562 @@
+"""The model repository: config.yaml parsing and validation, versions, load and warm-up.
+
+The layout is Triton's:
+
+    <root>/<model>/config.yaml
+    <root>/<model>/<version>/model.onnx      (a version is a directory named by digits)
+
+Every problem is a ConfigError whose message names the file and the field, one problem a line,
+so `mlgate models check` and a failed start both say exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, Self
+
+import numpy as np
+import yaml
+from numpy.typing import DTypeLike
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from feature_store.errors import ViewConfigError
+from feature_store.views import load_views
+from service.backends.base import Backend, TensorSignature
+from service.backends.onnx import OnnxBackend, OnnxOptions
+from service.batching import BatchingConfig
+from service.protocol.datatypes import V2_TO_NUMPY
+from service.protocol.errors import GatewayError, NotFound
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.onnx"
+
+
+class ConfigError(Exception):
+    """The repository cannot be served as it is; each line names a file and a field."""
+
+
+class FeatureViewLike(Protocol):
+    """What the repository needs to know of a feature view (feature_store's FeatureView fits)."""
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def entity(self) -> str: ...
+
+    @property
+    def np_dtype(self) -> DTypeLike: ...
+
+
+def _unique_names(specs: list[TensorSpec]) -> None:
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate name {', '.join(map(repr, duplicates))}")
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    datatype: str
+    # Without the batch dimension when max_batch_size > 0; -1 marks a variable size.
+    dims: list[int]
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        if value not in V2_TO_NUMPY:
+            raise ValueError(
+                f"unsupported datatype {value!r}; expected one of {', '.join(V2_TO_NUMPY)}"
+            )
+        return value
+
+    @field_validator("dims")
+    @classmethod
+    def _valid_dims(cls, value: list[int]) -> list[int]:
+        for dim in value:
+            if dim == 0 or dim < -1:
+                raise ValueError(
+                    f"{dim} is not a size; use a positive size, or -1 for a variable one"
+                )
+        return value
+
+
+class FeatureBinding(BaseModel):
+    """Builds an input from online features: one row per entity, the views' columns in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entity: str = Field(min_length=1)
+    views: list[str] = Field(min_length=1)
+
+    @field_validator("views")
+    @classmethod
+    def _distinct_views(cls, value: list[str]) -> list[str]:
+        duplicates = sorted({view for view in value if value.count(view) > 1})
+        if duplicates:
+            raise ValueError(f"view {', '.join(map(repr, duplicates))} listed twice")
+        return value
+
+
+class InputSpec(TensorSpec):
+    features: FeatureBinding | None = None
+
+    @field_validator("features")
+    @classmethod
+    def _room_for_features(
+        cls, value: FeatureBinding | None, info: ValidationInfo
+    ) -> FeatureBinding | None:
+        if value is not None and info.data.get("dims") == []:
+            raise ValueError("a feature-bound input needs dims whose last entry holds the features")
+        return value
+
+
+class ValidRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class OutputSpec(TensorSpec):
+    # The contract predictions must keep; the output guard enforces it.
+    valid_range: ValidRange | None = None
+
+
+class ModelConfig(BaseModel):
+    """One model's config.yaml, in Triton's vocabulary."""
+
+    # `default_version: 2` reads as an int from YAML; versions are directory names, so strings.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    name: str = Field(min_length=1)
+    backend: Literal["onnxruntime"]
+    # Triton's meaning: 0 = the model does not batch and dims are full shapes.
+    max_batch_size: int = Field(default=0, ge=0)
+    default_version: str | None = None
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[OutputSpec] = Field(min_length=1)
+    onnxruntime: OnnxOptions = Field(default_factory=OnnxOptions)
+    dynamic_batching: BatchingConfig | None = None
+
+    @field_validator("default_version")
+    @classmethod
+    def _version_name(cls, value: str | None) -> str | None:
+        if value is not None and not (value.isascii() and value.isdigit()):
+            raise ValueError(
+                f"{value!r} is not a version; versions are directories named by digits"
+            )
+        return value
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _distinct_names(cls, value: list[TensorSpec]) -> list[TensorSpec]:
+        _unique_names(value)
+        return value
+
+    @field_validator("dynamic_batching")
+    @classmethod
+    def _batchable(
+        cls, value: BatchingConfig | None, info: ValidationInfo
+    ) -> BatchingConfig | None:
+        max_batch_size = info.data.get("max_batch_size")
+        if value is None or max_batch_size is None:
+            return value
+        if max_batch_size == 0:
+            raise ValueError("needs max_batch_size > 0")
+        too_large = [size for size in value.preferred_batch_sizes if size > max_batch_size]
+        if too_large:
+            raise ValueError(
+                f"preferred_batch_sizes: {too_large[0]} exceeds max_batch_size {max_batch_size}"
+            )
+        return value
+
+
+@dataclass
+class ModelVersion:
+    model: str
+    version: str
+    config: ModelConfig
+    path: Path  # the .onnx file
+    backend: Backend
+
+
+@dataclass
+class Model:
+    name: str
+    config: ModelConfig
+    versions: dict[str, ModelVersion]  # in numeric order
+    default_version: str
+
+    def get(self, version: str | None = None) -> ModelVersion:
+        # The V2 gRPC protocol sends "" for "the server's choice", like an absent version in REST.
+        key = version or self.default_version
+        try:
+            return self.versions[key]
+        except KeyError:
+            raise NotFound(
+                f"model '{self.name}' has no version '{version}'; "
+                f"available: {', '.join(self.versions)}"
+            ) from None
+
+
+class Repository:
+    """The loaded models; every version has a warmed-up backend."""
+
+    def __init__(
+        self, models: dict[str, Model], owned_executor: ThreadPoolExecutor | None = None
+    ) -> None:
+        self.models = models
+        self._owned_executor = owned_executor
+
+    @classmethod
+    async def load(
+        cls,
+        root: Path,
+        views: Mapping[str, FeatureViewLike] | None = None,
+        *,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> Repository:
+        """Load, check and warm up every model under `root`; ConfigError lists every problem.
+
+        Feature bindings are checked against `views` when given. Inference runs on `executor`;
+        without one the repository makes one thread per core and shuts it down on close().
+        """
+        config_paths = _config_paths(root)
+        owned = None
+        if executor is None:
+            # One thread per core: sessions run one intra-op thread each by default.
+            executor = owned = ThreadPoolExecutor(os.cpu_count(), "mlgate-infer")
+        loop = asyncio.get_running_loop()
+        # Sessions are built in threads: optimising a large graph takes a while.
+        opened = await asyncio.gather(
+            *(
+                loop.run_in_executor(executor, _open_model, path, views, executor)
+                for path in config_paths
+            ),
+            return_exceptions=True,
+        )
+        repository = cls({m.name: m for m in opened if isinstance(m, Model)}, owned)
+        try:
+            _raise_errors(opened)
+            versions = [v for m in repository.models.values() for v in m.versions.values()]
+            _raise_errors(
+                await asyncio.gather(*(_warm_up(v) for v in versions), return_exceptions=True)
+            )
+        except BaseException:
+            await repository.close()
+            raise
+        for model in repository.models.values():
+            devices = sorted({v.backend.device for v in model.versions.values()})
+            logger.info(
+                "loaded model %s: versions %s (default %s) on %s",
+                model.name,
+                ", ".join(model.versions),
+                model.default_version,
+                ", ".join(devices),
+            )
+        return repository
+
+    def get(self, model: str, version: str | None = None) -> ModelVersion:
+        try:
+            found = self.models[model]
+        except KeyError:
+            raise NotFound(
+                f"unknown model '{model}'; available: {', '.join(sorted(self.models))}"
+            ) from None
+        return found.get(version)
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            for version in model.versions.values():
+                await version.backend.close()
+        if self._owned_executor is not None:
+            # Batches already running finish on their own; closing must not block the event loop.
+            self._owned_executor.shutdown(wait=False)
+
+
+def check_repository(root: Path, views_path: Path | None = None) -> list[str]:
+    """Every problem of the repository under `root`, one per line; [] when it can be served.
+
+    Feature bindings are checked against the views declared in `views_path` when given. Builds
+    each session to check its graph against config.yaml but runs no inference.
+    """
+    try:
+        config_paths = _config_paths(root)
+        views = load_views(views_path) if views_path is not None else None
+    except (ConfigError, ViewConfigError) as exc:
+        return str(exc).splitlines()
+    errors: list[str] = []
+    with ThreadPoolExecutor(1) as executor:
+        for path in config_paths:
+            try:
+                _open_model(path, views, executor)
+            except ConfigError as exc:
+                errors.extend(str(exc).splitlines())
+    return errors
+
+
+def read_config(path: Path) -> ModelConfig:
+    """Parse and validate one config.yaml."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields, found {type(data).__name__}")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(path, error) for error in exc.errors())) from None
+
+
+def check_feature_bindings(
+    config: ModelConfig, views: Mapping[str, FeatureViewLike], path: Path
+) -> None:
+    """ConfigError unless every feature-bound input of `config` (read from `path`) fits `views`."""
+    errors = _binding_errors(config, views, path)
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def _raise_errors(results: list[Any]) -> None:
+    """Raise the ConfigErrors among `results` as one, or first any other exception as it is."""
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, ConfigError):
+            raise result
+    errors = [str(result) for result in results if isinstance(result, ConfigError)]
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def _describe(path: Path, error: Any) -> str:
+    """One pydantic error as `file: field.path[0]: message`."""
+    field = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            field += f"[{part}]"
+        else:
+            field += f".{part}" if field else part
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "value_error":
+        message = str(error["ctx"]["error"])
+    else:
+        message = error["msg"][0].lower() + error["msg"][1:]
+        if isinstance(error.get("input"), str | int | float):
+            message += f" (got {error['input']!r})"
+    return f"{path}: {field}: {message}" if field else f"{path}: {message}"
+
+
+def _binding_errors(
+    config: ModelConfig, views: Mapping[str, FeatureViewLike], path: Path
+) -> list[str]:
+    errors = []
+    for i, spec in enumerate(config.inputs):
+        binding = spec.features
+        if binding is None:
+            continue
+        field = f"inputs[{i}].features"
+        dtype = V2_TO_NUMPY[spec.datatype]
+        widths: list[str] = []
+        total = 0
+        for j, name in enumerate(binding.views):
+            view = views.get(name)
+            if view is None:
+                errors.append(
+                    f"{path}: {field}.views[{j}]: unknown feature view '{name}'; "
+                    f"known: {', '.join(sorted(views)) or 'none'}"
+                )
+                continue
+            if view.entity != binding.entity:
+                errors.append(
+                    f"{path}: {field}.views[{j}]: view '{name}' is keyed by '{view.entity}', "
+                    f"not by {field}.entity '{binding.entity}'"
+                )
+            view_dtype = np.dtype(view.np_dtype)
+            if view_dtype != dtype:
+                errors.append(
+                    f"{path}: {field}.views[{j}]: view '{name}' holds {view_dtype}, "
+                    f"but inputs[{i}].datatype is {spec.datatype}"
+                )
+            widths.append(f"{name} {view.width}")
+            total += view.width
+        if len(widths) == len(binding.views) and total != spec.dims[-1]:
+            errors.append(
+                f"{path}: inputs[{i}].dims: the last dimension is {spec.dims[-1]}, but the views "
+                f"of {field}.views give {total} columns ({' + '.join(widths)})"
+            )
+    return errors
+
+
+def _config_paths(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such directory")
+    paths = sorted(path for path in root.glob(f"*/{CONFIG_FILE}") if path.is_file())
+    if not paths:
+        raise ConfigError(f"{root}: no models; expected <model>/{CONFIG_FILE}")
+    return paths
+
+
+def _version_paths(config_path: Path) -> dict[str, Path]:
+    """{version: model file} in numeric order."""
+    found = {}
+    for child in config_path.parent.iterdir():
+        if not (child.is_dir() and child.name.isascii() and child.name.isdigit()):
+            continue
+        if (child / MODEL_FILE).is_file():
+            found[child.name] = child / MODEL_FILE
+        else:
+            logger.warning("%s: no %s, so not a version", child, MODEL_FILE)
+    return dict(sorted(found.items(), key=lambda item: int(item[0])))
+
+
+def _open_model(
+    config_path: Path, views: Mapping[str, FeatureViewLike] | None, executor: ThreadPoolExecutor
+) -> Model:
+    """Read, check and open (without warming up) every version of one model."""
+    config = read_config(config_path)
+    errors = []
+    directory = config_path.parent.name
+    if config.name != directory:
+        errors.append(
+            f"{config_path}: name: '{config.name}' differs from its directory '{directory}'"
+        )
+    if views is not None:
+        errors += _binding_errors(config, views, config_path)
+
+    paths = _version_paths(config_path)
+    if not paths:
+        errors.append(
+            f"{config_path}: no versions; expected <version>/{MODEL_FILE} beside it, "
+            "the version named by digits"
+        )
+        raise ConfigError("\n".join(errors))
+    default_version = config.default_version or next(reversed(paths))
+    if default_version not in paths:
+        errors.append(
+            f"{config_path}: default_version: '{default_version}' has no {MODEL_FILE}; "
+            f"available: {', '.join(paths)}"
+        )
+
+    versions = {}
+    for version, path in paths.items():
+        try:
+            backend = OnnxBackend(path, config.onnxruntime, executor)
+        except GatewayError as exc:
+            errors.append(exc.message)
+            continue
+        graph_errors = _graph_errors(config, config_path, path, backend)
+        if graph_errors:
+            errors += graph_errors
+            continue
+        versions[version] = ModelVersion(config.name, version, config, path, backend)
+
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return Model(config.name, config, versions, default_version)
+
+
+def _graph_errors(
+    config: ModelConfig, config_path: Path, onnx_path: Path, backend: Backend
+) -> list[str]:
+    graph_inputs, graph_outputs = backend.signature()
+    check = _GraphCheck(config, config_path, onnx_path)
+    return check.compare("input", config.inputs, graph_inputs) + check.compare(
+        "output", config.outputs, graph_outputs
+    )
+
+
+@dataclass
+class _GraphCheck:
+    """Compares one version's graph with its config.yaml; messages name both files."""
+
+    config: ModelConfig
+    config_path: Path
+    onnx_path: Path
+
+    def compare(
+        self, kind: str, specs: list[InputSpec] | list[OutputSpec], graph: list[TensorSignature]
+    ) -> list[str]:
+        """Differences between what config.yaml declares (`specs`) and what the graph has."""
+        field = f"{kind}s"
+        declared = [spec.name for spec in specs]
+        errors = [
+            f"{self.onnx_path}: {kind} '{tensor.name}' not declared in {self.config_path} "
+            f"{field} (declared: {', '.join(declared)})"
+            for tensor in graph
+            if tensor.name not in declared
+        ]
+        by_name = {tensor.name: tensor for tensor in graph}
+        for i, spec in enumerate(specs):
+            tensor = by_name.get(spec.name)
+            if tensor is None:
+                errors.append(
+                    f"{self.onnx_path}: no {kind} '{spec.name}' as {self.config_path} "
+                    f"{field}[{i}].name declares (the graph has: {', '.join(by_name)})"
+                )
+                continue
+            if tensor.datatype != spec.datatype:
+                errors.append(
+                    f"{self.onnx_path}: {kind} '{tensor.name}' is {tensor.datatype}, but "
+                    f"{self.config_path} {field}[{i}].datatype is {spec.datatype}"
+                )
+            errors += self._shape_errors(f"{field}[{i}]", kind, spec, tensor)
+        return errors
+
+    def _shape_errors(
+        self, field: str, kind: str, spec: TensorSpec, tensor: TensorSignature
+    ) -> list[str]:
+        max_batch_size = self.config.max_batch_size
+        shape = list(tensor.shape)
+        if max_batch_size > 0:
+            if not shape or shape[0] != -1:
+                return [
+                    f"{self.onnx_path}: {kind} '{tensor.name}' has shape {shape} with no dynamic "
+                    f"batch dimension first, which {self.config_path} max_batch_size "
+                    f"{max_batch_size} needs (or set max_batch_size: 0 and give full shapes in "
+                    "dims)"
+                ]
+            shape = shape[1:]
+        # A dynamic graph dimension accepts whatever config.yaml narrows it to; a fixed one must
+        # be declared as it is, or requests that follow config.yaml would fail in the runtime.
+        if len(shape) != len(spec.dims) or any(
+            have not in (-1, want) for have, want in zip(shape, spec.dims, strict=False)
+        ):
+            batch_note = " (dims exclude the batch dimension)" if max_batch_size > 0 else ""
+            return [
+                f"{self.onnx_path}: {kind} '{tensor.name}' has shape {list(tensor.shape)}, but "
+                f"{self.config_path} {field}.dims is {spec.dims}{batch_note}"
+            ]
+        return []
+
+
+async def _warm_up(version: ModelVersion) -> None:
+    try:
+        await version.backend.warmup()
+    except GatewayError as exc:
+        raise ConfigError(f"{version.path}: warm-up failed: {exc.message}") from None

@@ -1,0 +1,167 @@
+"""The onnxruntime backend on the repository's real models."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from service.backends.base import TensorSignature
+from service.backends.onnx import OnnxBackend, OnnxOptions
+from service.protocol.errors import BackendError, InvalidInput, Unavailable
+from tests.conftest import MODELS_DIR
+
+FRAUD_V1 = MODELS_DIR / "fraud_mlp" / "1" / "model.onnx"
+HEAVY = MODELS_DIR / "heavy_mlp" / "1" / "model.onnx"
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(2)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture
+def fraud(executor: ThreadPoolExecutor) -> OnnxBackend:
+    return OnnxBackend(FRAUD_V1, OnnxOptions(), executor)
+
+
+@pytest.fixture
+def two_outputs(tmp_path: Path, executor: ThreadPoolExecutor) -> OnnxBackend:
+    """x -> (x, -x): a model whose outputs can be told apart."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Neg", ["x"], ["neg"])],
+        "two_outputs",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", 3])],
+        outputs=[
+            helper.make_tensor_value_info("same", TensorProto.INT64, ["batch", 3]),
+            helper.make_tensor_value_info("neg", TensorProto.INT64, ["batch", 3]),
+        ],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path
+    )
+    return OnnxBackend(path, OnnxOptions(), executor)
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+async def test_infer_matches_a_direct_onnxruntime_session(fraud: OnnxBackend, rows: int) -> None:
+    features = np.random.default_rng(rows).random((rows, 32), dtype=np.float32) * 50
+    expected = ort.InferenceSession(FRAUD_V1).run(["probability"], {"features": features})[0]
+    result = await fraud.infer({"features": features})
+    assert list(result) == ["probability"]
+    assert result["probability"].shape == (rows, 1)
+    np.testing.assert_allclose(result["probability"], expected, rtol=0, atol=1e-6)
+
+
+async def test_requested_outputs_are_the_only_ones_answered(two_outputs: OnnxBackend) -> None:
+    x = np.arange(6, dtype=np.int64).reshape(2, 3)
+    assert list(await two_outputs.infer({"x": x})) == ["same", "neg"]
+    result = await two_outputs.infer({"x": x}, outputs=["neg"])
+    assert list(result) == ["neg"]
+    np.testing.assert_array_equal(result["neg"], -x)
+
+
+async def test_unknown_output_is_invalid_input(two_outputs: OnnxBackend) -> None:
+    with pytest.raises(InvalidInput, match=r"^unknown output 'nope'; available: same, neg$"):
+        await two_outputs.infer({"x": np.zeros((1, 3), np.int64)}, outputs=["nope"])
+
+
+def test_signature_has_v2_datatypes_and_a_dynamic_batch(two_outputs: OnnxBackend) -> None:
+    assert two_outputs.signature() == (
+        [TensorSignature("x", "INT64", (-1, 3))],
+        [TensorSignature("same", "INT64", (-1, 3)), TensorSignature("neg", "INT64", (-1, 3))],
+    )
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        (
+            np.zeros((2, 32), np.float64),
+            "Unexpected input data type. Actual: (tensor(double)) , expected: (tensor(float))",
+        ),
+        (np.zeros((2, 31), np.float32), "Got invalid dimensions for input: features"),
+    ],
+)
+async def test_refused_tensors_are_invalid_input_without_runtime_noise(
+    fraud: OnnxBackend, features: np.ndarray, message: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        await fraud.infer({"features": features})
+    assert caught.value.message.startswith(f"the model refused its input: {message}")
+    assert "[ONNXRuntimeError]" not in caught.value.message
+    assert "\n" not in caught.value.message
+
+
+async def test_missing_input_is_invalid_input(fraud: OnnxBackend) -> None:
+    with pytest.raises(InvalidInput, match="features"):
+        await fraud.infer({})
+
+
+async def test_infer_does_not_block_the_event_loop(executor: ThreadPoolExecutor) -> None:
+    heavy = OnnxBackend(HEAVY, OnnxOptions(), executor)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    # Tens of milliseconds of compute: a loop blocked by it would tick at most once.
+    await heavy.infer({"features": np.ones((2048, 32), np.float32)})
+    task.cancel()
+    assert ticks >= 5
+
+
+async def test_unavailable_provider_falls_back_to_cpu_with_a_warning(
+    executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with caplog.at_level(logging.WARNING, logger="service.backends.onnx"):
+        backend = OnnxBackend(FRAUD_V1, OnnxOptions(providers=["CUDAExecutionProvider"]), executor)
+    assert backend.device == "cpu"
+    assert "CUDAExecutionProvider" in caplog.text
+    assert "falling back to CPUExecutionProvider" in caplog.text
+    result = await backend.infer({"features": np.zeros((1, 32), np.float32)})
+    assert result["probability"].shape == (1, 1)
+
+
+def test_session_follows_the_thread_options(executor: ThreadPoolExecutor) -> None:
+    backend = OnnxBackend(FRAUD_V1, OnnxOptions(intra_op_threads=1, inter_op_threads=1), executor)
+    options = backend._session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_unloadable_model_is_a_backend_error_naming_the_file(
+    tmp_path: Path, executor: ThreadPoolExecutor
+) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not a protobuf")
+    with pytest.raises(BackendError, match=rf"^{path}: onnxruntime cannot load it"):
+        OnnxBackend(path, OnnxOptions(), executor)
+
+
+async def test_warmup_feeds_one_row_of_the_declared_type(two_outputs: OnnxBackend) -> None:
+    # An INT64 model: a warm-up feeding float zeros would be refused.
+    await two_outputs.warmup()
+
+
+async def test_closed_backend_is_unavailable(fraud: OnnxBackend) -> None:
+    await fraud.close()
+    with pytest.raises(Unavailable):
+        await fraud.infer({"features": np.zeros((1, 32), np.float32)})
