@@ -79,10 +79,69 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """A URL to an empty database of the session's redis-server."""
+    """A URL to an empty database (db 0) of the session's redis-server."""
     import redis
 
-    client = redis.Redis(port=redis_server.port)
-    client.flushall()
+    client = redis.Redis(port=redis_server.port, db=0)
+    client.flushdb()
     client.close()
     yield redis_server.url
+
+
+@dataclass
+class GatewayProcess:
+    """An `mlgate serve` subprocess listening on loopback."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_gateway(
+    tmp_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> GatewayProcess:
+    """Start `mlgate serve` on a free port and wait until it answers /v2/health/live."""
+    import os
+    import sys
+
+    import httpx
+
+    port = free_port()
+    log = tmp_dir / f"gateway-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLGATE_")}
+    full_env.update(env or {})
+    mlgate = Path(sys.executable).parent / "mlgate"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(mlgate), "serve", "--port", str(port), "--log-level", "warning", *args],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    gateway = GatewayProcess(port=port, proc=proc, log=log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{gateway.url}/v2/health/live", timeout=0.5).status_code == 200:
+                return gateway
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    gateway.stop()
+    raise TimeoutError(f"gateway did not come up in {timeout}s:\n{log.read_text()}")

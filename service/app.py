@@ -1,0 +1,239 @@
+"""The HTTP front: routes only. Each handler decodes, calls the core, encodes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from feature_store.errors import FeatureStoreError, StoreUnavailable
+from service.core import Gateway
+from service.metrics_export import render_metrics
+from service.protocol import json_codec
+from service.protocol.errors import (
+    GatewayError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json_codec.dumps(doc), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(exc: GatewayError) -> Response:
+    headers = None
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers = {"Retry-After": str(max(1, round(retry_after)))}
+    return json_response({"error": exc.message}, exc.http_status, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.gateway = await Gateway.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.gateway.close()
+
+    app = FastAPI(
+        title="mlgate",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    limit = settings.max_body_bytes
+
+    def gateway(request: Request) -> Gateway:
+        gw: Gateway = request.app.state.gateway
+        return gw
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        message = "not found" if exc.status_code == 404 else str(exc.detail)
+        return json_response(
+            {"error": f"{message}: {request.method} {request.url.path}"}, exc.status_code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return json_response({"error": f"invalid request: {exc.errors()[0].get('msg')}"}, 400)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return json_response({"error": "internal error"}, 500)
+
+    # ---- health, metadata and metrics ----------------------------------------------
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return json_response({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready(request: Request) -> Response:
+        ok = await gateway(request).ready()
+        return json_response({"ready": ok}, 200 if ok else 503)
+
+    @app.get("/v2")
+    async def server_metadata(request: Request) -> Response:
+        return json_response(gateway(request).server_metadata())
+
+    @app.get("/v2/models/{model}")
+    @app.get("/v2/models/{model}/versions/{version}")
+    async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
+        return json_response(gateway(request).model_metadata(model, version))
+
+    @app.get("/v2/models/{model}/ready")
+    @app.get("/v2/models/{model}/versions/{version}/ready")
+    async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
+        served = gateway(request).served(model, version)
+        return json_response({"name": served.mv.model, "ready": True})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
+
+    # ---- inference -----------------------------------------------------------------
+
+    @app.post("/v2/models/{model}/infer")
+    @app.post("/v2/models/{model}/versions/{version}/infer")
+    async def infer(request: Request, model: str, version: str | None = None) -> Response:
+        body = await read_body(request, limit)
+        header = request.headers.get(json_codec.HEADER_LENGTH)
+        if header is not None and not header.isdigit():
+            raise InvalidInput(f"{json_codec.HEADER_LENGTH} must be a byte count")
+        decoded = json_codec.decode_infer_request(body, None if header is None else int(header))
+        result = await gateway(request).infer(model, version, decoded, "infer")
+        payload, json_size = json_codec.encode_infer_response(
+            result, decoded.binary_outputs, decoded.binary_all_outputs
+        )
+        if json_size is None:
+            return Response(payload, media_type=JSON)
+        return Response(
+            payload,
+            media_type="application/octet-stream",
+            headers={json_codec.HEADER_LENGTH: str(json_size)},
+        )
+
+    @app.post("/v1/models/{model}:predict")
+    @app.post("/v1/models/{model}/versions/{version}:predict")
+    async def predict(request: Request, model: str, version: str | None = None) -> Response:
+        doc = json_codec.loads(await read_body(request, limit))
+        if not isinstance(doc, dict) or not isinstance(doc.get("entities"), list):
+            raise InvalidInput("body must be an object with an 'entities' list")
+        overrides = doc.get("features")
+        if overrides is not None and not isinstance(overrides, dict):
+            raise InvalidInput("'features' must be an object of feature name -> value(s)")
+        request_id = doc.get("request_id") or request.headers.get("x-request-id")
+        result = await gateway(request).predict(
+            model, version, doc["entities"], overrides, request_id
+        )
+        return json_response(
+            {
+                "model": result.model,
+                "model_version": result.version,
+                "request_id": result.request_id,
+                "predictions": predictions_json(result.outputs),
+                "feature_status": result.feature_status(),
+            },
+            headers={"x-request-id": result.request_id, "x-mlgate-version": result.version},
+        )
+
+    # ---- feature push --------------------------------------------------------------
+
+    @app.post("/v1/features/{view_name}")
+    async def push_features(request: Request, view_name: str) -> Response:
+        gw = gateway(request)
+        view = gw.views.get(view_name)
+        if view is None:
+            raise NotFound(f"unknown feature view '{view_name}'; available: {', '.join(gw.views)}")
+        doc = json_codec.loads(await read_body(request, limit))
+        rows = doc.get("rows") if isinstance(doc, dict) else None
+        if not isinstance(rows, list) or not rows:
+            raise InvalidInput("body must be an object with a non-empty 'rows' list")
+        ids, values = rows_to_matrix(view.entity, view.feature_names, view.np_dtype, rows)
+        event_time = doc.get("event_time_ms")
+        if event_time is not None and not isinstance(event_time, int):
+            raise InvalidInput("'event_time_ms' must be an integer (ms since the epoch)")
+        try:
+            await gw.store.write(view, ids, values, event_time)
+        except StoreUnavailable as exc:
+            log.warning("%s", exc)
+            raise Unavailable("feature store unavailable; retry later") from None
+        except FeatureStoreError as exc:
+            raise InvalidInput(str(exc)) from None
+        return json_response({"view": view.name, "written": len(ids)})
+
+    return app
+
+
+def predictions_json(outputs: dict[str, np.ndarray]) -> Any:
+    """One output of width 1: a flat list per entity; otherwise name -> rows."""
+    if len(outputs) == 1:
+        (arr,) = outputs.values()
+        return arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
+    return outputs
+
+
+def rows_to_matrix(
+    entity: str, features: list[str], dtype: np.dtype[Any], rows: list[Any]
+) -> tuple[list[str], np.ndarray]:
+    ids: list[str] = []
+    values = np.empty((len(rows), len(features)), dtype=dtype)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get(entity), str):
+            raise InvalidInput(f"rows[{i}] must be an object with a string '{entity}'")
+        missing = [f for f in features if f not in row]
+        if missing:
+            raise InvalidInput(f"rows[{i}] lacks feature(s): {', '.join(missing)}")
+        try:
+            values[i] = [row[f] for f in features]
+        except (TypeError, ValueError):
+            raise InvalidInput(f"rows[{i}]: feature values must be numbers") from None
+        ids.append(row[entity])
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InvalidInput("feature values must be finite")
+    return ids, values
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: each process reads its settings from MLGATE_*."""
+    return create_app(Settings())

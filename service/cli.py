@@ -1,0 +1,186 @@
+"""The `mlgate` command: serve, models check, features load, and the tools that plug in."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+# Flag name -> Settings field; flags left unset fall back to MLGATE_* and the defaults.
+SERVE_FLAGS: dict[str, Callable[[str], object]] = {
+    "host": str,
+    "port": int,
+    "workers": int,
+    "models": Path,
+    "views": Path,
+    "feature_store": str,
+    "demo_entities": int,
+    "log_level": str,
+    "max_body_bytes": int,
+    "inference_threads": int,
+}
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {k: getattr(args, k) for k in SERVE_FLAGS if getattr(args, k, None) is not None}
+    return Settings(**given)
+
+
+def settings_error(exc: ValidationError) -> str:
+    lines = [
+        f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+        for err in exc.errors()
+    ]
+    return "invalid settings (flags or MLGATE_* variables):\n" + "\n".join(lines)
+
+
+def export_settings(settings: Settings) -> None:
+    """Hand the resolved settings to worker processes through the environment."""
+    for name, value in settings.model_dump(exclude_none=True).items():
+        os.environ[f"MLGATE_{name.upper()}"] = str(value)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(settings_error(exc), file=sys.stderr)
+        return 2
+    problems = check(settings.models, settings.views_path)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 2
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Must be set before any worker imports prometheus_client.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlgate-metrics-")
+    export_settings(settings)
+
+    import uvicorn
+
+    uvicorn.run(
+        "service.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+    )
+    return 0
+
+
+def check(models: Path, views_path: Path) -> list[str]:
+    from feature_store.errors import ViewConfigError
+    from service.repository import check_repository
+
+    try:
+        return check_repository(models, views_path if views_path.exists() else None)
+    except ViewConfigError as exc:
+        return [str(exc)]
+
+
+def cmd_models_check(args: argparse.Namespace) -> int:
+    views = args.views or args.path / "feature_views.yaml"
+    problems = check(args.path, views)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if not problems:
+        print(f"{args.path}: ok")
+    return 1 if problems else 0
+
+
+def cmd_features_load(args: argparse.Namespace) -> int:
+    from feature_store.errors import FeatureStoreError
+    from feature_store.loader import load_file
+    from feature_store.store import open_store
+    from feature_store.views import load_views
+
+    async def run() -> int:
+        views = load_views(args.views)
+        if args.view not in views:
+            print(f"unknown view {args.view!r}; known: {', '.join(views)}", file=sys.stderr)
+            return 2
+        store = open_store(args.feature_store)
+        try:
+            return await load_file(
+                store,
+                views[args.view],
+                args.file,
+                entity_column=args.entity_column,
+                event_time_column=args.event_time_column,
+            )
+        finally:
+            await store.close()
+
+    try:
+        rows = asyncio.run(run())
+    except (FeatureStoreError, ValueError, OSError) as exc:
+        print(f"features load: {exc}", file=sys.stderr)
+        return 1
+    print(f"loaded {rows} rows into {args.view}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="processes (metrics are aggregated)")
+    serve.add_argument("--models", type=Path, help="model repository (default: models)")
+    serve.add_argument("--views", type=Path, help="feature views YAML")
+    serve.add_argument("--feature-store", help="memory:// or redis://host:port/db")
+    serve.add_argument("--demo-entities", type=int, help="entities seeded into memory://")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--max-body-bytes", type=int)
+    serve.add_argument("--inference-threads", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="model repository tools")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    check_cmd = models_sub.add_parser("check", help="validate configs against the ONNX graphs")
+    check_cmd.add_argument("path", nargs="?", type=Path, default=Path("models"))
+    check_cmd.add_argument("--views", type=Path)
+    check_cmd.set_defaults(func=cmd_models_check)
+
+    features = sub.add_parser("features", help="online feature store tools")
+    features_sub = features.add_subparsers(dest="features_command", required=True)
+    load = features_sub.add_parser("load", help="bulk-load a CSV or Parquet file")
+    load.add_argument("file", type=Path)
+    load.add_argument("--view", required=True)
+    load.add_argument("--views", type=Path, default=Path("models/feature_views.yaml"))
+    load.add_argument(
+        "--feature-store",
+        default=os.environ.get("MLGATE_FEATURE_STORE", "redis://127.0.0.1:6379/0"),
+    )
+    load.add_argument("--entity-column")
+    load.add_argument("--event-time-column")
+    load.set_defaults(func=cmd_features_load)
+
+    # Tools that own their subcommands: the load generator and the audit log readers.
+    from loadtests.cli import add_commands as add_bench_commands
+
+    add_bench_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(getattr(args, "log_level", None) or "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    sys.exit(args.func(args))

@@ -1,0 +1,450 @@
+"""The one request path: route -> features -> (batch) -> infer -> response.
+
+Both fronts (HTTP and gRPC) call `Gateway.infer` or `Gateway.predict`; nothing here
+knows about HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from feature_store.loader import seed_synthetic
+
+from feature_store.errors import EntityNotFound, FeatureStoreError, StoreUnavailable
+from feature_store.store import OnlineStore, Status, ViewRows, open_store
+from feature_store.views import FeatureView, load_views
+from service import metrics
+from service.protocol.datatypes import numpy_dtype, v2_datatype
+from service.protocol.errors import (
+    BackendError,
+    GatewayError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
+from service.protocol.v2 import InferRequest, InferResponse
+from service.repository import InputSpec, ModelVersion, Repository
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "mlgate"
+SERVER_VERSION = "0.1.0"
+SERVER_EXTENSIONS = ["binary_tensor_data"]
+
+
+@dataclass(slots=True)
+class FeaturePlan:
+    """How one model input is assembled from online features, worked out at start-up."""
+
+    input_name: str
+    entity: str
+    views: list[FeatureView]
+    dtype: np.dtype[Any]
+    width: int
+    # "view.feature" and, where unambiguous, bare "feature" -> column index.
+    columns: dict[str, int]
+
+    @classmethod
+    def build(cls, spec: InputSpec, views: Mapping[str, FeatureView]) -> FeaturePlan:
+        assert spec.features is not None
+        chosen = [views[name] for name in spec.features.views]
+        columns: dict[str, int] = {}
+        bare_seen: dict[str, int] = {}
+        col = 0
+        for view in chosen:
+            for name in view.feature_names:
+                columns[f"{view.name}.{name}"] = col
+                bare_seen[name] = bare_seen.get(name, 0) + 1
+                columns.setdefault(name, col)
+                col += 1
+        for name, seen in bare_seen.items():
+            if seen > 1:
+                del columns[name]
+        return cls(
+            input_name=spec.name,
+            entity=spec.features.entity,
+            views=chosen,
+            dtype=numpy_dtype(spec.datatype),
+            width=col,
+            columns=columns,
+        )
+
+
+@dataclass(slots=True)
+class Served:
+    """A loaded model version plus what the request path needs to serve it."""
+
+    mv: ModelVersion
+    inputs: dict[str, InputSpec]
+    input_dtypes: dict[str, np.dtype[Any]]
+    output_names: list[str]
+    plan: FeaturePlan | None
+
+
+@dataclass(slots=True)
+class Prediction:
+    """Everything one served request produced (rendered by the fronts, logged by audit)."""
+
+    request_id: str
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
+    entity_ids: list[str] | None = None
+    features: list[ViewRows] = field(default_factory=list)
+
+    def feature_status(self) -> list[dict[str, str]]:
+        """Per entity: view -> status label."""
+        if not self.features or self.entity_ids is None:
+            return []
+        labels = [Status(s).label for s in Status]
+        return [
+            {rows.view.name: labels[rows.status[i]] for rows in self.features}
+            for i in range(len(self.entity_ids))
+        ]
+
+
+class Gateway:
+    """Owns the repository, the feature store and the per-version serving state."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        store: OnlineStore,
+        views: Mapping[str, FeatureView],
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self.repository = repository
+        self.store = store
+        self.views = dict(views)
+        self._executor = executor
+        self._served: dict[tuple[str, str], Served] = {}
+        for model in repository.models.values():
+            for mv in model.versions.values():
+                self._served[(model.name, mv.version)] = self._prepare(mv)
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Gateway:
+        views = load_views(settings.views_path) if settings.views_path.exists() else {}
+        store = open_store(settings.feature_store)
+        if store.kind == "memory" and settings.demo_entities and views:
+            await seed_synthetic(store, views.values(), settings.demo_entities)
+        executor = ThreadPoolExecutor(
+            max_workers=settings.inference_threads, thread_name_prefix="infer"
+        )
+        repository = await Repository.load(settings.models, views, executor=executor)
+        log.info(
+            "serving %s from %s, features from %s",
+            ", ".join(repository.models) or "no models",
+            settings.models,
+            store.kind,
+        )
+        return cls(repository, store, views, executor)
+
+    async def close(self) -> None:
+        await self.repository.close()
+        await self.store.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _prepare(self, mv: ModelVersion) -> Served:
+        specs = {spec.name: spec for spec in mv.config.inputs}
+        plans = [FeaturePlan.build(s, self.views) for s in specs.values() if s.features]
+        if len(plans) > 1:
+            # One entity-fed input per model keeps the entity id input unambiguous.
+            raise ValueError(f"model {mv.model}: only one input may be built from features")
+        return Served(
+            mv=mv,
+            inputs=specs,
+            input_dtypes={name: numpy_dtype(s.datatype) for name, s in specs.items()},
+            output_names=[o.name for o in mv.config.outputs],
+            plan=plans[0] if plans else None,
+        )
+
+    # ---- health and metadata -------------------------------------------------------
+
+    async def ready(self) -> bool:
+        try:
+            await self.store.ping()
+        except FeatureStoreError:
+            return False
+        return bool(self._served)
+
+    def served(self, model: str, version: str | None) -> Served:
+        mv = self.repository.get(model, version)
+        return self._served[(mv.model, mv.version)]
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": SERVER_EXTENSIONS}
+
+    def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        served = self.served(model, version)
+        config = served.mv.config
+        batch = [-1] if config.max_batch_size > 0 else []
+        return {
+            "name": served.mv.model,
+            "versions": sorted(self.repository.models[served.mv.model].versions, key=int),
+            "platform": "onnxruntime_onnx",
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)}
+                for s in config.inputs
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)}
+                for s in config.outputs
+            ],
+        }
+
+    # ---- the request path ----------------------------------------------------------
+
+    async def infer(
+        self, model: str, version: str | None, request: InferRequest, endpoint: str
+    ) -> InferResponse:
+        """A V2 inference request; entity ids may stand in for the feature-built input."""
+        with observe(endpoint) as labels:
+            served = self.served(model, version)
+            labels.update(model=served.mv.model, version=served.mv.version)
+            wanted = self._requested_outputs(served, request.outputs)
+            inputs, entity_ids = self._validate(served, request.inputs)
+            prediction = await self._run(served, inputs, entity_ids, None, request.id)
+            outputs = {name: prediction.outputs[name] for name in wanted}
+            return InferResponse(
+                model_name=served.mv.model,
+                model_version=served.mv.version,
+                outputs=outputs,
+                id=request.id,
+            )
+
+    async def predict(
+        self,
+        model: str,
+        version: str | None,
+        entity_ids: Sequence[str],
+        overrides: Mapping[str, Any] | None,
+        request_id: str | None,
+    ) -> Prediction:
+        """The entity-keyed API: features are fetched, optionally overridden, then scored."""
+        with observe("predict") as labels:
+            served = self.served(model, version)
+            labels.update(model=served.mv.model, version=served.mv.version)
+            if served.plan is None:
+                raise InvalidInput(f"model '{model}' takes no entity features; use the V2 infer")
+            if not entity_ids or not all(isinstance(e, str) and e for e in entity_ids):
+                raise InvalidInput("'entities' must be a non-empty list of non-empty strings")
+            self._check_batch(served, len(entity_ids))
+            return await self._run(served, {}, list(entity_ids), overrides, request_id)
+
+    async def _run(
+        self,
+        served: Served,
+        inputs: dict[str, np.ndarray],
+        entity_ids: list[str] | None,
+        overrides: Mapping[str, Any] | None,
+        request_id: str | None,
+    ) -> Prediction:
+        features: list[ViewRows] = []
+        if entity_ids is not None and served.plan is not None:
+            features = await self._fetch(served.plan, entity_ids)
+            tensor = assemble(served.plan, features, len(entity_ids))
+            if overrides:
+                apply_overrides(served.plan, tensor, overrides)
+            inputs[served.plan.input_name] = tensor
+        outputs = await self._infer(served, inputs)
+        return Prediction(
+            request_id=request_id or uuid.uuid4().hex,
+            model=served.mv.model,
+            version=served.mv.version,
+            outputs=outputs,
+            inputs=inputs,
+            entity_ids=entity_ids,
+            features=features,
+        )
+
+    async def _fetch(self, plan: FeaturePlan, entity_ids: list[str]) -> list[ViewRows]:
+        started = time.perf_counter()
+        try:
+            rows = await self.store.read(plan.views, entity_ids)
+        except EntityNotFound as exc:
+            raise NotFound(str(exc)) from None
+        except StoreUnavailable as exc:
+            # The detail names internal hosts: it goes to the log, not to the client.
+            log.warning("%s", exc)
+            raise Unavailable("feature store unavailable; retry later") from None
+        except FeatureStoreError as exc:
+            raise BackendError(str(exc)) from None
+        metrics.FEATURE_FETCH_LATENCY.labels(self.store.kind).observe(time.perf_counter() - started)
+        for view_rows in rows:
+            for status, count in view_rows.counts().items():
+                metrics.FEATURE_ROWS.labels(view_rows.view.name, status).inc(count)
+        return rows
+
+    async def _infer(self, served: Served, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = await served.mv.backend.infer(inputs)
+        metrics.INFERENCE_LATENCY.labels(served.mv.model, served.mv.version).observe(
+            time.perf_counter() - started
+        )
+        return outputs
+
+    # ---- validation ----------------------------------------------------------------
+
+    def _requested_outputs(self, served: Served, requested: list[str] | None) -> list[str]:
+        if requested is None:
+            return served.output_names
+        for name in requested:
+            if name not in served.output_names:
+                raise InvalidInput(
+                    f"unknown output '{name}' for model '{served.mv.model}'; "
+                    f"available: {', '.join(served.output_names)}"
+                )
+        return requested
+
+    def _validate(
+        self, served: Served, given: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], list[str] | None]:
+        """Check names, datatypes, shapes and values; split off entity ids."""
+        plan = served.plan
+        inputs: dict[str, np.ndarray] = {}
+        entity_ids: list[str] | None = None
+        batch: int | None = None
+        for name, arr in given.items():
+            if plan is not None and name == plan.entity:
+                entity_ids = decode_entity_ids(name, arr)
+                rows = len(entity_ids)
+            else:
+                spec = served.inputs.get(name)
+                if spec is None:
+                    raise InvalidInput(
+                        f"unknown input '{name}' for model '{served.mv.model}'; "
+                        f"expected: {', '.join(expected_inputs(served))}"
+                    )
+                check_tensor(served, spec, arr)
+                inputs[name] = arr
+                rows = arr.shape[0] if served.mv.config.max_batch_size > 0 else 1
+            if batch is not None and rows != batch:
+                raise InvalidInput(f"inputs disagree on the batch size ({batch} vs {rows})")
+            batch = rows
+        for name in served.inputs:
+            fed_by_entity = plan is not None and name == plan.input_name and entity_ids is not None
+            if name not in inputs and not fed_by_entity:
+                raise InvalidInput(
+                    f"missing input '{name}' for model '{served.mv.model}'; "
+                    f"expected: {', '.join(expected_inputs(served))}"
+                )
+        if plan is not None and entity_ids is not None and plan.input_name in inputs:
+            raise InvalidInput(f"give either '{plan.entity}' or '{plan.input_name}', not both")
+        if batch is not None:
+            self._check_batch(served, batch)
+        return inputs, entity_ids
+
+    def _check_batch(self, served: Served, rows: int) -> None:
+        limit = served.mv.config.max_batch_size
+        if limit > 0 and rows > limit:
+            raise InvalidInput(
+                f"batch of {rows} rows exceeds max_batch_size {limit} of model '{served.mv.model}'"
+            )
+
+
+def expected_inputs(served: Served) -> list[str]:
+    names = list(served.inputs)
+    if served.plan is not None:
+        names.append(f"{served.plan.entity} (entity ids, in place of {served.plan.input_name})")
+    return names
+
+
+def check_tensor(served: Served, spec: InputSpec, arr: np.ndarray) -> None:
+    name = spec.name
+    dtype = served.input_dtypes[name]
+    if arr.dtype != dtype:
+        raise InvalidInput(
+            f"input '{name}': datatype {v2_datatype(arr.dtype)} does not match "
+            f"the model's {spec.datatype}"
+        )
+    dims = list(spec.dims)
+    if served.mv.config.max_batch_size > 0:
+        dims = [-1, *dims]
+    if arr.ndim != len(dims) or any(d not in (-1, s) for d, s in zip(dims, arr.shape, strict=True)):
+        raise InvalidInput(f"input '{name}': shape {list(arr.shape)} does not match {dims}")
+    if served.mv.config.max_batch_size > 0 and arr.shape[0] == 0:
+        raise InvalidInput(f"input '{name}': the batch is empty")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InvalidInput(f"input '{name}' contains NaN or infinite values")
+
+
+def decode_entity_ids(name: str, arr: np.ndarray) -> list[str]:
+    if arr.dtype.kind != "O" or arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] != 1):
+        raise InvalidInput(
+            f"input '{name}': entity ids must be a BYTES tensor of shape [n] or [n, 1]"
+        )
+    ids = [x.decode() if isinstance(x, bytes) else x for x in arr.reshape(-1)]
+    if not ids or not all(ids):
+        raise InvalidInput(f"input '{name}': entity ids must be non-empty")
+    return ids
+
+
+def assemble(plan: FeaturePlan, rows: list[ViewRows], n: int) -> np.ndarray:
+    """Concatenate the views' columns into the model's input tensor."""
+    if len(rows) == 1:
+        return rows[0].values.astype(plan.dtype, copy=False)
+    out = np.empty((n, plan.width), dtype=plan.dtype)
+    col = 0
+    for view_rows in rows:
+        width = view_rows.values.shape[1]
+        out[:, col : col + width] = view_rows.values
+        col += width
+    return out
+
+
+def apply_overrides(plan: FeaturePlan, tensor: np.ndarray, overrides: Mapping[str, Any]) -> None:
+    """Request-time feature values: a number for every entity, or a list of one per entity."""
+    for name, value in overrides.items():
+        col = plan.columns.get(name)
+        if col is None:
+            raise InvalidInput(
+                f"unknown feature '{name}' in 'features'; use 'view.feature' names "
+                f"such as '{next(iter(plan.columns))}'"
+            )
+        try:
+            values = np.asarray(value, dtype=tensor.dtype)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"feature '{name}': override must be a number or list") from None
+        if values.ndim > 1 or (values.ndim == 1 and len(values) != tensor.shape[0]):
+            raise InvalidInput(
+                f"feature '{name}': give one value or one per entity ({tensor.shape[0]})"
+            )
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise InvalidInput(f"feature '{name}': override contains NaN or infinite values")
+        tensor[:, col] = values
+
+
+@contextmanager
+def observe(endpoint: str) -> Iterator[dict[str, str]]:
+    """Count and time one request; the outcome is 'ok' or the error class.
+
+    Model and version labels are set by the caller once they are resolved, so an
+    unknown name sent by a client never becomes a label value.
+    """
+    labels = {"model": "", "version": ""}
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        yield labels
+    except GatewayError as exc:
+        outcome = type(exc).__name__
+        raise
+    except Exception:
+        outcome = "internal"
+        raise
+    finally:
+        metrics.REQUESTS.labels(labels["model"], labels["version"], endpoint, outcome).inc()
+        metrics.REQUEST_LATENCY.labels(
+            labels["model"], labels["version"], endpoint, outcome
+        ).observe(time.perf_counter() - started)

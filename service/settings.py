@@ -1,0 +1,40 @@
+"""Process settings: `mlgate serve` flags and MLGATE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of a gateway process; flags override the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MLGATE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    models: Path = Path("models")
+    # Feature view declarations; default: <models>/feature_views.yaml.
+    views: Path | None = None
+    feature_store: str = "memory://"
+    # Entities u0..u{N-1} seeded into the in-process store so the demo answers at once.
+    demo_entities: int = Field(default=10_000, ge=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    max_body_bytes: int = Field(default=16 << 20, ge=1024)
+    # Threads that run model sessions off the event loop.
+    inference_threads: int = Field(default=4, ge=1)
+
+    @field_validator("feature_store")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError(f"{url!r}: expected memory://, redis://host:port/db or rediss://…")
+        return url
+
+    @property
+    def views_path(self) -> Path:
+        return self.views if self.views is not None else self.models / "feature_views.yaml"
