@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from feature_store.loader import seed_synthetic
 
 from feature_store.errors import EntityNotFound, FeatureStoreError, StoreUnavailable
+from feature_store.loader import seed_synthetic
 from feature_store.store import OnlineStore, Status, ViewRows, open_store
 from feature_store.views import FeatureView, load_views
 from service import metrics
