@@ -23,6 +23,8 @@ class InferRequest:
     # Outputs the client wants as raw bytes (the binary tensor extension / raw_output_contents).
     binary_outputs: frozenset[str] = frozenset()
     binary_all_outputs: bool = False
+    # time.monotonic() by which the answer is due (client deadline or `timeout` parameter).
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
