@@ -1,0 +1,52 @@
+"""Several worker processes: /metrics reports all of them, not whichever one answered."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import start_gateway
+
+COUNTER = re.compile(
+    r'mlgate_requests_total\{endpoint="predict",model="fraud_mlp",outcome="ok",version="2"\} (\S+)'
+)
+
+
+async def predict_on_fresh_connections(url: str, connections: int, each: int) -> None:
+    async def one(i: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+            for j in range(each):
+                r = await c.post("/v1/models/fraud_mlp:predict", json={"entities": [f"u{i + j}"]})
+                assert r.status_code == 200, r.text
+
+    await asyncio.gather(*(one(i) for i in range(connections)))
+
+
+def test_metrics_aggregate_every_worker(tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    gw = start_gateway(
+        tmp_path,
+        "--workers",
+        "2",
+        "--demo-entities",
+        "100",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
+    try:
+        # A worker writes counter_<pid>.db once it has counted a request: two files prove
+        # both workers served (the second may still be starting when the first answers).
+        sent = 0
+        while len(list(metrics_dir.glob("counter_*.db"))) < 2 and sent < 400:
+            asyncio.run(predict_on_fresh_connections(gw.url, connections=10, each=4))
+            sent += 40
+        assert len(list(metrics_dir.glob("counter_*.db"))) == 2, "one worker took everything"
+        for _ in range(4):  # whichever worker answers, the figure is the sum
+            text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+            match = COUNTER.search(text)
+            assert match is not None and float(match.group(1)) == sent
+    finally:
+        gw.stop()
