@@ -19,6 +19,7 @@ from service.settings import Settings
 SERVE_FLAGS: dict[str, Callable[[str], object]] = {
     "host": str,
     "port": int,
+    "grpc_port": int,
     "workers": int,
     "models": Path,
     "views": Path,
@@ -27,6 +28,8 @@ SERVE_FLAGS: dict[str, Callable[[str], object]] = {
     "log_level": str,
     "max_body_bytes": int,
     "inference_threads": int,
+    "audit": str,
+    "audit_spill_dir": Path,
 }
 
 
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--grpc-port", type=int, help="also serve the V2 gRPC API on this port")
     serve.add_argument("--workers", type=int, help="processes (metrics are aggregated)")
     serve.add_argument("--models", type=Path, help="model repository (default: models)")
     serve.add_argument("--views", type=Path, help="feature views YAML")
@@ -147,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--max-body-bytes", type=int)
     serve.add_argument("--inference-threads", type=int)
+    serve.add_argument("--audit", help="file://PATH, redis://host:port/db or none")
+    serve.add_argument("--audit-spill-dir", type=Path)
     serve.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="model repository tools")
@@ -172,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Tools that own their subcommands: the load generator and the audit log readers.
     from loadtests.cli import add_commands as add_bench_commands
+    from service.audit.cli import add_commands as add_audit_commands
 
     add_bench_commands(sub)
+    add_audit_commands(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ from feature_store.loader import seed_synthetic
 from feature_store.store import OnlineStore, Status, ViewRows, open_store
 from feature_store.views import FeatureView, load_views
 from service import metrics
+from service.audit import AuditLog, AuditRecord, open_audit
 from service.protocol.datatypes import numpy_dtype, v2_datatype
 from service.protocol.errors import (
     BackendError,
@@ -101,6 +102,10 @@ class Prediction:
     inputs: dict[str, np.ndarray]
     entity_ids: list[str] | None = None
     features: list[ViewRows] = field(default_factory=list)
+    route: str = "primary"
+    flags: list[str] = field(default_factory=list)
+    # Stage -> microseconds: features, infer, total.
+    latency_us: dict[str, int] = field(default_factory=dict)
 
     def feature_status(self) -> list[dict[str, str]]:
         """Per entity: view -> status label."""
@@ -122,10 +127,12 @@ class Gateway:
         store: OnlineStore,
         views: Mapping[str, FeatureView],
         executor: ThreadPoolExecutor,
+        audit: AuditLog | None = None,
     ) -> None:
         self.repository = repository
         self.store = store
         self.views = dict(views)
+        self.audit = audit
         self._executor = executor
         self._served: dict[tuple[str, str], Served] = {}
         for model in repository.models.values():
@@ -142,15 +149,22 @@ class Gateway:
             max_workers=settings.inference_threads, thread_name_prefix="infer"
         )
         repository = await Repository.load(settings.models, views, executor=executor)
+        audit = open_audit(settings.audit, spill_dir=settings.audit_spill_dir)
+        if audit is not None:
+            await audit.start()
         log.info(
-            "serving %s from %s, features from %s",
+            "serving %s from %s, features from %s, audit to %s",
             ", ".join(repository.models) or "no models",
             settings.models,
             store.kind,
+            settings.audit,
         )
-        return cls(repository, store, views, executor)
+        return cls(repository, store, views, executor, audit)
 
     async def close(self) -> None:
+        # Flush the audit queue first: records of requests already answered must not be lost.
+        if self.audit is not None:
+            await self.audit.close()
         await self.repository.close()
         await self.store.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -250,6 +264,7 @@ class Gateway:
         overrides: Mapping[str, Any] | None,
         request_id: str | None,
     ) -> Prediction:
+        started = time.perf_counter()
         features: list[ViewRows] = []
         if entity_ids is not None and served.plan is not None:
             features = await self._fetch(served.plan, entity_ids)
@@ -257,8 +272,10 @@ class Gateway:
             if overrides:
                 apply_overrides(served.plan, tensor, overrides)
             inputs[served.plan.input_name] = tensor
+        fetched = time.perf_counter()
         outputs = await self._infer(served, inputs)
-        return Prediction(
+        done = time.perf_counter()
+        prediction = Prediction(
             request_id=request_id or uuid.uuid4().hex,
             model=served.mv.model,
             version=served.mv.version,
@@ -266,7 +283,15 @@ class Gateway:
             inputs=inputs,
             entity_ids=entity_ids,
             features=features,
+            latency_us={
+                "features": round((fetched - started) * 1e6),
+                "infer": round((done - fetched) * 1e6),
+                "total": round((done - started) * 1e6),
+            },
         )
+        if self.audit is not None:
+            self.audit.submit(audit_record(prediction))
+        return prediction
 
     async def _fetch(self, plan: FeaturePlan, entity_ids: list[str]) -> list[ViewRows]:
         started = time.perf_counter()
@@ -351,6 +376,22 @@ class Gateway:
             raise InvalidInput(
                 f"batch of {rows} rows exceeds max_batch_size {limit} of model '{served.mv.model}'"
             )
+
+
+def audit_record(p: Prediction) -> AuditRecord:
+    return AuditRecord(
+        request_id=p.request_id,
+        ts_ms=time.time_ns() // 1_000_000,
+        model=p.model,
+        version=p.version,
+        route=p.route,
+        entity_ids=p.entity_ids,
+        features={rows.view.name: (rows.values, rows.status) for rows in p.features},
+        inputs=p.inputs,
+        outputs=p.outputs,
+        flags=p.flags,
+        latency_us=p.latency_us,
+    )
 
 
 def expected_inputs(served: Served) -> list[str]:

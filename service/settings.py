@@ -16,6 +16,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # The gRPC front (Open Inference Protocol) listens here when set; same host as HTTP.
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     models: Path = Path("models")
     # Feature view declarations; default: <models>/feature_views.yaml.
@@ -25,8 +27,14 @@ class Settings(BaseSettings):
     demo_entities: int = Field(default=10_000, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     max_body_bytes: int = Field(default=16 << 20, ge=1024)
+    # Largest gRPC message received or sent; a bigger one is refused with RESOURCE_EXHAUSTED.
+    grpc_max_message_bytes: int = Field(default=16 << 20, ge=1024)
     # Threads that run model sessions off the event loop.
     inference_threads: int = Field(default=4, ge=1)
+    # Where every prediction is recorded: file://PATH, redis://host:port/db[?maxlen=N] or none.
+    audit: str = "file://.mlgate/audit.log"
+    # Spill files for audit records the sink could not take (drained back when it returns).
+    audit_spill_dir: Path = Path(".mlgate/spill")
 
     @field_validator("feature_store")
     @classmethod

@@ -122,6 +122,9 @@ def start_gateway(
     port = free_port()
     log = tmp_dir / f"gateway-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLGATE_")}
+    # Audit records stay in the test's directory unless a test points them elsewhere.
+    full_env["MLGATE_AUDIT"] = f"file://{tmp_dir}/audit-{port}.log"
+    full_env["MLGATE_AUDIT_SPILL_DIR"] = str(tmp_dir / f"spill-{port}")
     full_env.update(env or {})
     mlgate = Path(sys.executable).parent / "mlgate"
     with log.open("wb") as out:
