@@ -8,29 +8,29 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from service.settings import Settings
 
-# Flag name -> Settings field; flags left unset fall back to MLGATE_* and the defaults.
-SERVE_FLAGS: dict[str, Callable[[str], object]] = {
-    "host": str,
-    "port": int,
-    "grpc_port": int,
-    "workers": int,
-    "models": Path,
-    "views": Path,
-    "feature_store": str,
-    "demo_entities": int,
-    "log_level": str,
-    "max_body_bytes": int,
-    "inference_threads": int,
-    "audit": str,
-    "audit_spill_dir": Path,
-}
+# Settings fields that `serve` flags set; flags left unset fall back to MLGATE_* and defaults.
+SERVE_FLAGS = (
+    "host",
+    "port",
+    "grpc_port",
+    "workers",
+    "models",
+    "views",
+    "feature_store",
+    "demo_entities",
+    "log_level",
+    "max_body_bytes",
+    "inference_threads",
+    "audit",
+    "batching",
+    "audit_spill_dir",
+)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--max-body-bytes", type=int)
     serve.add_argument("--inference-threads", type=int)
+    serve.add_argument("--batching", choices=["on", "off"], help="dynamic batching (default on)")
     serve.add_argument("--audit", help="file://PATH, redis://host:port/db or none")
     serve.add_argument("--audit-spill-dir", type=Path)
     serve.set_defaults(func=cmd_serve)

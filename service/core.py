@@ -23,6 +23,7 @@ from feature_store.store import OnlineStore, Status, ViewRows, open_store
 from feature_store.views import FeatureView, load_views
 from service import metrics
 from service.audit import AuditLog, AuditRecord, open_audit
+from service.batching import Batcher
 from service.protocol.datatypes import numpy_dtype, v2_datatype
 from service.protocol.errors import (
     BackendError,
@@ -89,6 +90,34 @@ class Served:
     input_dtypes: dict[str, np.dtype[Any]]
     output_names: list[str]
     plan: FeaturePlan | None
+    batcher: Batcher | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Scheduling:
+    """When a request must be answered by, and how urgent it is (1 = highest)."""
+
+    deadline: float | None = None
+    priority: int | None = None
+
+    @classmethod
+    def of(cls, request: InferRequest) -> Scheduling:
+        return cls.from_parameters(request.parameters, request.deadline)
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any], deadline: float | None) -> Scheduling:
+        """Triton's request parameters: `priority` and `timeout` in microseconds."""
+        priority = parameters.get("priority")
+        timeout = parameters.get("timeout")
+        for name, value in (("priority", priority), ("timeout", timeout)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise InvalidInput(f"parameter '{name}' must be an integer")
+        if timeout is not None:
+            if timeout <= 0:
+                raise InvalidInput("parameter 'timeout' must be a positive number of microseconds")
+            by = time.monotonic() + timeout / 1e6
+            deadline = by if deadline is None else min(deadline, by)
+        return cls(deadline=deadline, priority=priority or None)
 
 
 @dataclass(slots=True)
@@ -128,6 +157,7 @@ class Gateway:
         views: Mapping[str, FeatureView],
         executor: ThreadPoolExecutor,
         audit: AuditLog | None = None,
+        batching: bool = True,
     ) -> None:
         self.repository = repository
         self.store = store
@@ -137,7 +167,7 @@ class Gateway:
         self._served: dict[tuple[str, str], Served] = {}
         for model in repository.models.values():
             for mv in model.versions.values():
-                self._served[(model.name, mv.version)] = self._prepare(mv)
+                self._served[(model.name, mv.version)] = self._prepare(mv, batching)
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -159,9 +189,12 @@ class Gateway:
             store.kind,
             settings.audit,
         )
-        return cls(repository, store, views, executor, audit)
+        return cls(repository, store, views, executor, audit, settings.batching)
 
     async def close(self) -> None:
+        for served in self._served.values():
+            if served.batcher is not None:
+                await served.batcher.close()
         # Flush the audit queue first: records of requests already answered must not be lost.
         if self.audit is not None:
             await self.audit.close()
@@ -169,19 +202,29 @@ class Gateway:
         await self.store.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _prepare(self, mv: ModelVersion) -> Served:
+    def _prepare(self, mv: ModelVersion, batching: bool) -> Served:
         specs = {spec.name: spec for spec in mv.config.inputs}
         plans = [FeaturePlan.build(s, self.views) for s in specs.values() if s.features]
         if len(plans) > 1:
             # One entity-fed input per model keeps the entity id input unambiguous.
             raise ValueError(f"model {mv.model}: only one input may be built from features")
-        return Served(
+        served = Served(
             mv=mv,
             inputs=specs,
             input_dtypes={name: numpy_dtype(s.datatype) for name, s in specs.items()},
             output_names=[o.name for o in mv.config.outputs],
             plan=plans[0] if plans else None,
         )
+        config = mv.config.dynamic_batching
+        if batching and config is not None and mv.config.max_batch_size > 0:
+            served.batcher = Batcher(
+                lambda inputs: self._run_backend(mv, inputs),
+                max_batch_size=mv.config.max_batch_size,
+                config=config,
+                model=mv.model,
+                version=mv.version,
+            )
+        return served
 
     # ---- health and metadata -------------------------------------------------------
 
@@ -228,7 +271,9 @@ class Gateway:
             labels.update(model=served.mv.model, version=served.mv.version)
             wanted = self._requested_outputs(served, request.outputs)
             inputs, entity_ids = self._validate(served, request.inputs)
-            prediction = await self._run(served, inputs, entity_ids, None, request.id)
+            prediction = await self._run(
+                served, inputs, entity_ids, None, request.id, Scheduling.of(request)
+            )
             outputs = {name: prediction.outputs[name] for name in wanted}
             return InferResponse(
                 model_name=served.mv.model,
@@ -244,6 +289,7 @@ class Gateway:
         entity_ids: Sequence[str],
         overrides: Mapping[str, Any] | None,
         request_id: str | None,
+        scheduling: Scheduling | None = None,
     ) -> Prediction:
         """The entity-keyed API: features are fetched, optionally overridden, then scored."""
         with observe("predict") as labels:
@@ -254,7 +300,9 @@ class Gateway:
             if not entity_ids or not all(isinstance(e, str) and e for e in entity_ids):
                 raise InvalidInput("'entities' must be a non-empty list of non-empty strings")
             self._check_batch(served, len(entity_ids))
-            return await self._run(served, {}, list(entity_ids), overrides, request_id)
+            return await self._run(
+                served, {}, list(entity_ids), overrides, request_id, scheduling or Scheduling()
+            )
 
     async def _run(
         self,
@@ -263,6 +311,7 @@ class Gateway:
         entity_ids: list[str] | None,
         overrides: Mapping[str, Any] | None,
         request_id: str | None,
+        scheduling: Scheduling,
     ) -> Prediction:
         started = time.perf_counter()
         features: list[ViewRows] = []
@@ -273,7 +322,12 @@ class Gateway:
                 apply_overrides(served.plan, tensor, overrides)
             inputs[served.plan.input_name] = tensor
         fetched = time.perf_counter()
-        outputs = await self._infer(served, inputs)
+        if served.batcher is not None:
+            outputs = await served.batcher.submit(
+                inputs, priority=scheduling.priority, deadline=scheduling.deadline
+            )
+        else:
+            outputs = await self._run_backend(served.mv, inputs)
         done = time.perf_counter()
         prediction = Prediction(
             request_id=request_id or uuid.uuid4().hex,
@@ -311,10 +365,13 @@ class Gateway:
                 metrics.FEATURE_ROWS.labels(view_rows.view.name, status).inc(count)
         return rows
 
-    async def _infer(self, served: Served, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def _run_backend(
+        self, mv: ModelVersion, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """One backend call over a whole batch (a request's, or the batcher's)."""
         started = time.perf_counter()
-        outputs = await served.mv.backend.infer(inputs)
-        metrics.INFERENCE_LATENCY.labels(served.mv.model, served.mv.version).observe(
+        outputs = await mv.backend.infer(inputs)
+        metrics.INFERENCE_LATENCY.labels(mv.model, mv.version).observe(
             time.perf_counter() - started
         )
         return outputs
@@ -372,7 +429,8 @@ class Gateway:
 
     def _check_batch(self, served: Served, rows: int) -> None:
         limit = served.mv.config.max_batch_size
-        if limit > 0 and rows > limit:
+        # A batcher splits larger requests into batches the model takes.
+        if limit > 0 and rows > limit and served.batcher is None:
             raise InvalidInput(
                 f"batch of {rows} rows exceeds max_batch_size {limit} of model '{served.mv.model}'"
             )

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 << 20, ge=1024)
     # Largest gRPC message received or sent; a bigger one is refused with RESOURCE_EXHAUSTED.
     grpc_max_message_bytes: int = Field(default=16 << 20, ge=1024)
+    # Dynamic batching for models whose config.yaml has a dynamic_batching section;
+    # off serves every request alone (for comparisons).
+    batching: bool = True
     # Threads that run model sessions off the event loop.
     inference_threads: int = Field(default=4, ge=1)
     # Where every prediction is recorded: file://PATH, redis://host:port/db[?maxlen=N] or none.
