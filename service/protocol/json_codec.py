@@ -128,14 +128,28 @@ def tensor_from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any
             if not all(isinstance(x, str | bytes) for x in arr.flat):
                 raise InvalidInput(f"input '{name}': BYTES data must be strings")
         else:
-            # Converting without a dtype first keeps strings like "1.5" or "NaN" from
-            # being parsed into numbers behind the client's back.
+            # Looking at the values without a dtype first keeps strings like "1.5" or "NaN"
+            # from being parsed into numbers, and floats from being truncated to integers.
             raw = np.array(data)
-            if raw.size and raw.dtype.kind not in _NUMERIC_KINDS:
+            kind = raw.dtype.kind if raw.size else dtype.kind
+            # Object arrays come from nulls or from integers past 64 bits: only those pass.
+            numbers = (
+                all(isinstance(x, int) for x in raw.flat) if kind == "O" else kind in _NUMERIC_KINDS
+            )
+            if not numbers:
                 raise InvalidInput(f"input '{name}': {datatype} data must be numbers")
-            if datatype == "BOOL" and raw.size and raw.dtype.kind != "b":
+            if datatype == "BOOL" and kind != "b":
                 raise InvalidInput(f"input '{name}': BOOL data must be true/false")
-            arr = raw.astype(dtype, copy=False)
+            # numpy reads a mix of int64 and uint64 values as float64: fine if all integral.
+            if dtype.kind in "iu" and kind == "f" and not (raw == np.trunc(raw)).all():
+                raise InvalidInput(f"input '{name}': {datatype} data must be integers")
+            # Integers convert from the Python values themselves: exact beyond 2**53, and
+            # out-of-range values raise instead of wrapping.
+            arr = np.array(data, dtype=dtype) if dtype.kind in "iu" else raw.astype(dtype)
+    except OverflowError:
+        raise InvalidInput(f"input '{name}': a value is out of range for {datatype}") from None
+    except TypeError:
+        raise InvalidInput(f"input '{name}': {datatype} data must be numbers") from None
     except ValueError as exc:
         raise InvalidInput(f"input '{name}': data is not a rectangular array ({exc})") from None
     if arr.size != prod(shape):

@@ -102,6 +102,10 @@ def test_nested_and_flat_data_decode_alike() -> None:
         (b'{"inputs":[{"name":"x","datatype":"BOOL","shape":[1],"data":[1]}]}', "true/false"),
         (b'{"inputs":[{"name":"x","datatype":"BYTES","shape":[1],"data":[1]}]}', "strings"),
         (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1]}]}', "neither 'data'"),
+        (b'{"inputs":[{"name":"x","datatype":"INT32","shape":[1],"data":[1.5]}]}', "integers"),
+        (b'{"inputs":[{"name":"x","datatype":"UINT8","shape":[1],"data":[300]}]}', "out of range"),
+        (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[2],"data":[1, null]}]}', "numbers"),
+        (b'{"inputs":[{"name":"x","datatype":"INT64","shape":[2],"data":[1, null]}]}', "numbers"),
     ],
 )
 def test_malformed_requests_are_invalid_input(body: bytes, message: str) -> None:
