@@ -199,7 +199,7 @@ def test_integer_default_version_reads_as_the_version_name(config_path: Path) ->
             "(dims exclude the batch dimension)",
         ),
         (
-            lambda c: c.update(max_batch_size=0),
+            lambda c: (c.update(max_batch_size=0), c.pop("dynamic_batching", None)),
             "{v2}: input 'features' has shape [-1, 32], but {config} inputs[0].dims is [32]",
         ),
         (

@@ -1,0 +1,42 @@
+"""Named gateway configurations the suite measures: name -> extra `mlgate serve` flags and env.
+
+Add one here when a feature lands (batching on/off, audit on/off, shadow on/off, ...);
+give it ``scenarios`` to measure only what it changes, so the suite stays within minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    name: str
+    description: str
+    serve_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    scenarios: tuple[str, ...] | None = None
+    """None: the suite's scenario list."""
+    protocol: Literal["http", "grpc"] = "http"
+    """grpc: the gateway also serves gRPC (--grpc-port) and the load goes there."""
+
+
+CONFIGS: dict[str, GatewayConfig] = {
+    c.name: c
+    for c in (
+        GatewayConfig("baseline", "one worker process, config.yaml as committed"),
+        GatewayConfig(
+            "grpc",
+            "the same gateway, load on its V2 gRPC front (ModelInfer, raw tensors)",
+            scenarios=("v2-dense-1", "mix"),
+            protocol="grpc",
+        ),
+        GatewayConfig(
+            "workers-2",
+            "two worker processes (uvicorn --workers)",
+            serve_args=("--workers", "2"),
+            scenarios=("predict-8-zipf",),
+        ),
+    )
+}

@@ -1,0 +1,273 @@
+"""The benchmark suite: its own Redis, seeded; the gateway in each named configuration; the
+scenario matrix at several concurrencies; the floor and the generator's ceiling in the same
+run. Writes loadtests/results/<date>.json and regenerates docs/benchmarks.md and its plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtests.configs import CONFIGS, GatewayConfig
+from loadtests.floor import format_floor, measure_floor
+from loadtests.generator import LoadSpec, RunResult
+from loadtests.processes import HOST, gateway, redis_server, trivial_server
+from loadtests.render import render
+from loadtests.report import ms
+from loadtests.runner import Job, execute
+from loadtests.seed import seed
+from loadtests.targets import Client
+from loadtests.workloads import SCENARIOS, Workload
+
+DEFAULT_SCENARIOS = ("predict-1", "predict-8-zipf", "predict-32-zipf", "v2-dense-1", "mix")
+# (label, protocol, client, scenario): the HTTP client the generator uses, httpx for
+# comparison, and grpc.aio (the gRPC client, whose ceiling bounds every gRPC figure).
+CEILING_CLIENTS: tuple[tuple[str, str, Client, str], ...] = (
+    ("raw HTTP/1.1", "http", "raw", "predict-8-zipf"),
+    ("httpx", "http", "httpx", "predict-8-zipf"),
+    ("grpc.aio", "grpc", "raw", "v2-entities-8"),
+)
+FLOOR_SAMPLES = 3000
+# The addresses printed in reproducible commands; the suite itself uses free ports.
+DOC_URLS = {"http": "http://127.0.0.1:8000", "grpc": "grpc://127.0.0.1:8001"}
+DOC_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    configs: tuple[str, ...]
+    scenarios: tuple[str, ...]
+    concurrency: tuple[int, ...]
+    duration_s: float
+    repeats: int
+    warmup_s: float
+    entities: int
+    models: Path
+    views: Path
+    results_dir: Path
+    docs: Path
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.configs if c not in CONFIGS]
+        unknown += [s for s in self.scenarios if s not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown configuration or scenario: {', '.join(unknown)}")
+        if self.repeats < 1 or not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError("need at least one repeat and positive concurrency levels")
+
+
+def run_suite(settings: SuiteSettings) -> Path:
+    """Run everything and return the results file; docs are regenerated from it."""
+    started = datetime.now(UTC)
+    configs = [CONFIGS[name] for name in settings.configs or CONFIGS]
+    results: dict[str, Any] = {
+        "schema": 1,
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {
+            "concurrency": list(settings.concurrency),
+            "duration_s": settings.duration_s,
+            "repeats": settings.repeats,
+            "warmup_s": settings.warmup_s,
+            "entities": settings.entities,
+        },
+        "setup": [f"mlgate bench seed --redis {DOC_REDIS} --n {settings.entities}"],
+        "configs": [],
+        "runs": [],
+    }
+    clock = time.monotonic()
+    with redis_server() as redis_url, tempfile.TemporaryDirectory() as logs:
+        took = asyncio.run(seed(redis_url, settings.views, settings.entities))
+        _say(f"seeded {settings.entities} entities in {took:.1f} s")
+        model = settings.models / "fraud_mlp" / "2" / "model.onnx"
+        # Medians of several rounds, like every other figure: one burst of load from elsewhere
+        # on the machine would otherwise inflate the floor and flatter every ratio to it.
+        floors = [
+            measure_floor(redis_url, settings.views, model, FLOOR_SAMPLES, settings.entities)
+            for _ in range(settings.repeats)
+        ]
+        floor = {
+            part: {key: statistics.median(f[part][key] for f in floors) for key in figures}
+            for part, figures in floors[0].items()
+        }
+        results["floor"] = {
+            "command": f"mlgate bench floor --redis {DOC_REDIS}",
+            "samples": FLOOR_SAMPLES,
+            "rounds": settings.repeats,
+            "parts_us": floor,
+        }
+        _say("floor:\n" + format_floor(floor))
+        results["ceiling"] = ceiling(settings)
+        for config in configs:
+            serve_args = _serve_args(settings, redis_url, config)
+            results["configs"].append(_describe(config, settings))
+            log = Path(logs) / f"{config.name}.log"
+            with gateway(serve_args, config.env, log, grpc=config.protocol == "grpc") as ports:
+                url = f"grpc://{HOST}:{ports.grpc}" if ports.grpc else f"http://{HOST}:{ports.http}"
+                for scenario in settings.scenarios or config.scenarios or DEFAULT_SCENARIOS:
+                    results["runs"] += measure(settings, config, scenario, url)
+    results["elapsed_s"] = round(time.monotonic() - clock, 1)
+    settings.results_dir.mkdir(parents=True, exist_ok=True)
+    out = settings.results_dir / f"{started.strftime('%Y-%m-%dT%H%M%SZ')}.json"
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    render(results, settings.docs)
+    _say(f"wrote {out}, {settings.docs} and its plot in {results['elapsed_s']:.0f} s")
+    return out
+
+
+def ceiling(settings: SuiteSettings) -> list[dict[str, Any]]:
+    """The generator alone against trivial servers: its HTTP client, httpx, and grpc.aio."""
+    # One short run per point: with nothing but the generator at work, figures settle fast.
+    duration_s = min(settings.duration_s, 2.0)
+    points = []
+    for label, protocol, client, scenario in CEILING_CLIENTS:
+        workload = Workload(SCENARIOS[scenario], key_space=settings.entities)
+        with trivial_server(protocol) as port:
+            for level in settings.concurrency:
+                spec = LoadSpec(concurrency=level, duration_s=duration_s)
+                job = Job(f"{protocol}://{HOST}:{port}", workload, spec, client=client)
+                result = execute(job)
+                command = (
+                    f"mlgate bench ceiling --protocol {protocol} --client {client}"
+                    f" --scenario {scenario} --concurrency {level}"
+                    f" --duration {duration_s:g}"
+                )
+                points.append(
+                    {"client": label, "concurrency": level, "command": command} | result.summary()
+                )
+                _say(f"ceiling {label} c={level}: {_brief(result)}")
+    return points
+
+
+def measure(
+    settings: SuiteSettings, config: GatewayConfig, scenario: str, url: str
+) -> list[dict[str, Any]]:
+    """One scenario at every concurrency level, each the median of several short runs."""
+    workload = Workload(SCENARIOS[scenario], key_space=settings.entities)
+    if settings.warmup_s > 0:
+        warm = LoadSpec(concurrency=max(settings.concurrency), duration_s=settings.warmup_s)
+        execute(Job(url, workload, warm))
+    points = []
+    for level in settings.concurrency:
+        spec = LoadSpec(concurrency=level, duration_s=settings.duration_s)
+        repeats = [execute(Job(url, workload, spec)) for _ in range(settings.repeats)]
+        point = summarise(repeats)
+        command = (
+            f"mlgate bench run --url {DOC_URLS[config.protocol]} --scenario {scenario}"
+            f" --concurrency {level}"
+            f" --duration {settings.duration_s:g}"
+        )
+        points.append(
+            {"config": config.name, "scenario": scenario, "concurrency": level}
+            | {"command": command}
+            | point
+            | {"repeats": [r.to_dict() for r in repeats]}
+        )
+        _say(f"{config.name} {scenario} c={level}: {_brief_point(point)}")
+    return points
+
+
+def summarise(repeats: list[RunResult]) -> dict[str, Any]:
+    """Medians across repeats, figure by figure; errors and requests summed."""
+    summaries = [r.summary() for r in repeats]
+    latency = {
+        key: statistics.median(s["latency_us"][key] for s in summaries)
+        for key in summaries[0]["latency_us"]
+    }
+    errors: dict[str, int] = {}
+    for s in summaries:
+        for kind, n in s["errors"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    return {
+        "throughput_rps": round(statistics.median(s["throughput_rps"] for s in summaries), 1),
+        "latency_us": latency,
+        "requests": sum(s["requests"] for s in summaries),
+        "errors": errors,
+    }
+
+
+def _serve_args(settings: SuiteSettings, redis_url: str, config: GatewayConfig) -> list[str]:
+    return [
+        "--models",
+        str(settings.models),
+        "--views",
+        str(settings.views),
+        "--feature-store",
+        redis_url,
+        "--log-level",
+        "warning",
+        *config.serve_args,
+    ]
+
+
+def _describe(config: GatewayConfig, settings: SuiteSettings) -> dict[str, Any]:
+    grpc = ["--grpc-port", "8001"] if config.protocol == "grpc" else []
+    flags = " ".join([*grpc, "--models", str(settings.models), *config.serve_args])
+    env = " ".join(f"{k}={v}" for k, v in config.env.items())
+    command = f"mlgate serve --host 127.0.0.1 --port 8000 {flags} --feature-store {DOC_REDIS}"
+    return {
+        "name": config.name,
+        "description": config.description,
+        "command": f"{env} {command}".strip(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "redis": _output(["redis-server", "--version"]).split(" v=")[-1].split(" ")[0],
+        "commit": _output(["git", "rev-parse", "--short", "HEAD"]),
+        "uncommitted_changes": bool(_output(["git", "status", "--porcelain"])),
+        # Other processes on the machine skew every figure; say how busy it was.
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _output(argv: list[str]) -> str:
+    if shutil.which(argv[0]) is None:
+        return ""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _brief(result: RunResult) -> str:
+    return _brief_point(result.summary())
+
+
+def _brief_point(point: dict[str, Any]) -> str:
+    latency = point["latency_us"]
+    errors = sum(point["errors"].values())
+    return (
+        f"{point['throughput_rps']:.0f} req/s  p50 {ms(latency['p50'])} ms"
+        f"  p99 {ms(latency['p99'])} ms" + (f"  errors {errors}" if errors else "")
+    )
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
