@@ -97,7 +97,8 @@ class OnlineStore(ABC):
         view: FeatureView, entity_ids: Sequence[str], blobs: Sequence[bytes | None], now: int
     ) -> ViewRows:
         values, present, event_time_ms = decode_rows(view, blobs)
-        if view.on_missing == "error" and not present.all():
+        all_present = bool(present.all())
+        if view.on_missing == "error" and not all_present:
             missing = np.flatnonzero(~present)
             raise EntityNotFound(
                 view.name,
@@ -105,9 +106,14 @@ class OnlineStore(ABC):
                 entity_ids[int(missing[0])],
                 also_missing=len(missing) - 1,
             )
-        status = np.where(present, Status.FRESH, Status.MISSING).astype(np.uint8)
+        if all_present:
+            status = np.zeros(len(blobs), dtype=np.uint8)  # FRESH
+        else:
+            status = np.where(present, Status.FRESH, Status.MISSING).astype(np.uint8)
         if view.ttl_s is not None:
-            stale = present & (now - event_time_ms > view.ttl_s * 1000.0)
+            stale = now - event_time_ms > view.ttl_s * 1000.0
+            if not all_present:
+                stale &= present
             if view.on_stale == "default":
                 values[stale] = view.defaults
                 status[stale] = Status.DEFAULTED

@@ -359,10 +359,11 @@ class Gateway:
             raise Unavailable("feature store unavailable; retry later") from None
         except FeatureStoreError as exc:
             raise BackendError(str(exc)) from None
-        metrics.FEATURE_FETCH_LATENCY.labels(self.store.kind).observe(time.perf_counter() - started)
+        metrics.feature_fetch_latency(self.store.kind).observe(time.perf_counter() - started)
         for view_rows in rows:
             for status, count in view_rows.counts().items():
-                metrics.FEATURE_ROWS.labels(view_rows.view.name, status).inc(count)
+                if count:
+                    metrics.feature_rows(view_rows.view.name, status).inc(count)
         return rows
 
     async def _run_backend(
@@ -371,9 +372,7 @@ class Gateway:
         """One backend call over a whole batch (a request's, or the batcher's)."""
         started = time.perf_counter()
         outputs = await mv.backend.infer(inputs)
-        metrics.INFERENCE_LATENCY.labels(mv.model, mv.version).observe(
-            time.perf_counter() - started
-        )
+        metrics.inference_latency(mv.model, mv.version).observe(time.perf_counter() - started)
         return outputs
 
     # ---- validation ----------------------------------------------------------------
@@ -543,7 +542,8 @@ def observe(endpoint: str) -> Iterator[dict[str, str]]:
         outcome = "internal"
         raise
     finally:
-        metrics.REQUESTS.labels(labels["model"], labels["version"], endpoint, outcome).inc()
-        metrics.REQUEST_LATENCY.labels(
+        count, latency = metrics.request_children(
             labels["model"], labels["version"], endpoint, outcome
-        ).observe(time.perf_counter() - started)
+        )
+        count.inc()
+        latency.observe(time.perf_counter() - started)

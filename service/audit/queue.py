@@ -78,8 +78,12 @@ class AuditLog:
         max_record_bytes: int | None = None,
         retry_s: float = 0.5,
         max_retry_s: float = 5.0,
+        linger_s: float = 0.005,
     ) -> None:
         self._sink = sink
+        # After a quiet spell the writer waits this long for company before writing: one
+        # sink call per few milliseconds instead of one per request at low rates.
+        self._linger_s = linger_s
         self._max_queue_bytes = max_queue_bytes
         self._max_record_bytes = max_record_bytes or max_queue_bytes // 8
         self._batch_records = batch_records
@@ -220,6 +224,8 @@ class AuditLog:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
+                if not self._closing and len(self._queue) < self._batch_records:
+                    await asyncio.sleep(self._linger_s)
 
     async def _write(self, batch: list[EncodedRecord]) -> None:
         try:
