@@ -149,6 +149,10 @@ class _CostModel:
     def seconds(self, rows: int) -> float:
         return self.fixed + self.per_row * rows
 
+    @property
+    def known(self) -> bool:
+        return self._n > 0
+
 
 class _Traffic:
     """Arrivals: moving averages of the gap between requests and of their rows."""
@@ -283,6 +287,10 @@ class Batcher:
                 retry_after,
             )
 
+        self._traffic.observe(now, rows)
+        if self._runs_alone(now, rows):
+            return await self._run_alone(inputs, outputs, now, rows)
+
         request = _Request(
             seq=next(self._seq),
             priority=level,
@@ -293,7 +301,6 @@ class Batcher:
             future=asyncio.get_running_loop().create_future(),
         )
         self._enqueue(request, inputs, rows)
-        self._traffic.observe(now, rows)
         self._poke()
         try:
             await request.future
@@ -303,6 +310,51 @@ class Batcher:
                 self._unqueue(request)
                 self._poke()
         return _join(request)
+
+    def _runs_alone(self, now: float, rows: int) -> bool:
+        """Whether a request skips the queue: in adaptive mode, once batch times are known,
+        when nothing waits, a slot is free and the rule would release it at once anyway.
+        (Otherwise requests of one event-loop turn are still planned together.)"""
+        return (
+            self._config.adaptive
+            and self._cost.known
+            and not self._queued_requests
+            and self._running < self._config.instances
+            and rows <= self._max_rows
+            and self._adaptive_hold_until(now, rows) is None
+        )
+
+    async def _run_alone(
+        self, inputs: Tensors, outputs: Sequence[str] | None, now: float, rows: int
+    ) -> Tensors:
+        """The batch of one request, run in its caller's task: no queue, no extra task."""
+        self._wait.observe(0.0)
+        self._batch_size.observe(rows)
+        self._releases["idle"].inc()
+        self._running += 1
+        try:
+            result = await self._run_batch(dict(inputs))
+            _check_rows(result, rows)
+        except (GatewayError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            logger.exception("the backend failed on a batch of %d rows", rows)
+            raise BackendError(
+                f"the backend failed on a batch of {rows} rows: {_summary(exc)}"
+            ) from None
+        finally:
+            self._running -= 1
+            if self._queued_requests:
+                self._poke()
+        self._cost.observe(rows, time.monotonic() - now)
+        if outputs is None:
+            return result
+        try:
+            return {name: result[name] for name in outputs}
+        except KeyError as missing:
+            raise InvalidInput(
+                f"unknown output {missing.args[0]!r}; available: {', '.join(sorted(result))}"
+            ) from None
 
     async def close(self) -> None:
         """Refuse new requests; run what is queued without waiting for more, and wait for it.

@@ -429,6 +429,25 @@ async def test_adaptive_never_delays_a_client_that_waits_for_each_answer(model: 
     assert releases(model, "idle") == 15
 
 
+async def test_adaptive_runs_a_lone_request_in_its_callers_task(model: str) -> None:
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def run_batch(inputs: Tensors) -> Tensors:
+        tasks.append(asyncio.current_task())
+        return {"y": inputs["x"] * 2}
+
+    batcher = make(run_batch, model, adaptive=True, max_queue_delay_us=10_000_000)
+    async with asyncio.timeout(5):
+        await asyncio.gather(batcher.submit(rows(1)), batcher.submit(rows(2)))  # learns T
+        await asyncio.sleep(0.01)
+        caller = asyncio.create_task(batcher.submit(rows(3), outputs=["y"]))
+        assert y_of(await caller) == [6]
+    # The queue path runs batches in tasks of their own; the lone request skips it.
+    assert tasks[0] is not None and tasks[0] is not caller
+    assert tasks[-1] is caller
+    assert metric("mlgate_queue_depth", model) == 0
+
+
 async def test_adaptive_waits_to_fill_a_batch_while_requests_stream_in(model: str) -> None:
     # Batches cost 200 ms whatever their size, so waiting to fill them is cheap under load.
     backend = Doubler(0.2)
