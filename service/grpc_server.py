@@ -1,0 +1,263 @@
+"""The gRPC front: the Open Inference Protocol's GRPCInferenceService on the shared Gateway.
+
+Handlers decode, call the core, encode, like the HTTP routes. The server runs on the HTTP
+front's event loop (started from its lifespan), so both fronts share one Gateway, its model
+sessions, store connections and metrics. Beside the inference service it serves
+grpc.health.v1 (for Kubernetes gRPC probes) and server reflection (for grpcurl).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import ServicerContext
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from service.core import Gateway
+from service.protocol.grpc_codec import (
+    Message,
+    decode_infer_request,
+    encode_infer_response,
+    grpc_status,
+    stream_error,
+)
+from service.repository import ModelConfig, TensorSpec
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE_NAME: str = _SERVICE.full_name
+# In-flight calls get this long to finish when the process stops; new ones are refused.
+STOP_GRACE_S = 5.0
+# How often the health service re-checks readiness (a feature store ping).
+HEALTH_POLL_S = 1.0
+# Requests of one stream run concurrently, so they can meet in the batcher, up to this many;
+# answers still leave in request order: tritonclient hands a stream's error to its callback
+# without the request id, so the order is all a client has to pair them.
+STREAM_WINDOW = 64
+
+Unary = Callable[[Any, Message, ServicerContext], Awaitable[Message]]
+
+
+def unary(handler: Unary) -> Unary:
+    """Answer a failed call with its status code and message, never a traceback."""
+
+    @functools.wraps(handler)
+    async def call(self: Any, request: Message, context: ServicerContext) -> Message:
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            code, message = grpc_status(exc)
+            await context.abort(code, message)
+
+    return call
+
+
+def client_deadline(context: ServicerContext) -> float | None:
+    """The call's deadline on time.monotonic(), if the client set one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class InferenceServicer:
+    """inference.GRPCInferenceService: health, metadata, config and inference."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @unary
+    async def ServerLive(self, request: Message, context: ServicerContext) -> Message:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @unary
+    async def ServerReady(self, request: Message, context: ServicerContext) -> Message:
+        return service_pb2.ServerReadyResponse(ready=await self.gateway.ready())
+
+    @unary
+    async def ModelReady(self, request: Message, context: ServicerContext) -> Message:
+        self.gateway.served(request.name, request.version)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    @unary
+    async def ServerMetadata(self, request: Message, context: ServicerContext) -> Message:
+        return service_pb2.ServerMetadataResponse(**self.gateway.server_metadata())
+
+    @unary
+    async def ModelMetadata(self, request: Message, context: ServicerContext) -> Message:
+        return service_pb2.ModelMetadataResponse(
+            **self.gateway.model_metadata(request.name, request.version)
+        )
+
+    @unary
+    async def ModelConfig(self, request: Message, context: ServicerContext) -> Message:
+        served = self.gateway.served(request.name, request.version)
+        return service_pb2.ModelConfigResponse(config=model_config_message(served.mv.config))
+
+    @unary
+    async def ModelInfer(self, request: Message, context: ServicerContext) -> Message:
+        decoded = decode_infer_request(request, client_deadline(context))
+        result = await self.gateway.infer(
+            request.model_name, request.model_version, decoded, "grpc_infer"
+        )
+        return encode_infer_response(result, raw=decoded.binary_all_outputs)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Message], context: ServicerContext
+    ) -> AsyncIterator[Message]:
+        """Every request is answered on the stream; a failed one as error_message."""
+        deadline = client_deadline(context)
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        answers: asyncio.Queue[asyncio.Task[Message] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    answers.put_nowait(asyncio.create_task(self._stream_answer(request, deadline)))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield await answer
+                window.release()
+            await reader
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                pending = answers.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+
+    async def _stream_answer(self, request: Message, deadline: float | None) -> Message:
+        try:
+            decoded = decode_infer_request(request, deadline)
+            result = await self.gateway.infer(
+                request.model_name, request.model_version, decoded, "grpc_stream"
+            )
+        except Exception as exc:
+            return stream_error(grpc_status(exc)[1], request.id)
+        return service_pb2.ModelStreamInferResponse(
+            infer_response=encode_infer_response(result, raw=decoded.binary_all_outputs)
+        )
+
+
+def _not_served(name: str) -> Unary:
+    async def call(self: Any, request: Message, context: ServicerContext) -> Message:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"mlgate does not serve {name}")
+
+    return call
+
+
+# Triton's extras (statistics, repository control, shared memory, trace and log settings) are
+# not served. The generated base servicer answers them too, but logs a traceback each time.
+for _method in _SERVICE.methods:
+    if _method.name not in vars(InferenceServicer):
+        setattr(InferenceServicer, _method.name, _not_served(_method.name))
+
+
+def model_config_message(config: ModelConfig) -> Message:
+    """The part of Triton's ModelConfig that config.yaml determines, and nothing invented."""
+    msg = model_config_pb2.ModelConfig(
+        name=config.name,
+        platform="onnxruntime_onnx",
+        backend=config.backend,
+        max_batch_size=config.max_batch_size,
+        input=[model_config_pb2.ModelInput(**_tensor_config(s)) for s in config.inputs],
+        output=[model_config_pb2.ModelOutput(**_tensor_config(s)) for s in config.outputs],
+    )
+    batching = config.dynamic_batching
+    if batching is not None:
+        dynamic = msg.dynamic_batching
+        dynamic.max_queue_delay_microseconds = batching.max_queue_delay_us
+        dynamic.preferred_batch_size.extend(batching.preferred_batch_sizes)
+        dynamic.priority_levels = batching.priority_levels
+        dynamic.default_priority_level = batching.default_priority_level
+        dynamic.default_queue_policy.max_queue_size = batching.max_queue_size
+        if batching.default_timeout_us is not None:
+            dynamic.default_queue_policy.default_timeout_microseconds = batching.default_timeout_us
+    return msg
+
+
+def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
+    # Model configs name BYTES "TYPE_STRING"; every other type is TYPE_ + its V2 name.
+    data_type = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
+    return {"name": spec.name, "data_type": data_type, "dims": spec.dims}
+
+
+class GrpcFront:
+    """The grpc.aio server: inference, health and reflection services on one port."""
+
+    def __init__(self, gateway: Gateway, settings: Settings) -> None:
+        assert settings.grpc_port is not None
+        limit = settings.grpc_max_message_bytes
+        self._gateway = gateway
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # `--workers N` processes all bind this port; the kernel spreads connections.
+                ("grpc.so_reuseport", 1),
+            ]
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(gateway), self._server
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        port = self._server.add_insecure_port(f"{host}:{settings.grpc_port}")
+        # The bound port: --grpc-port 0 asks for any free one.
+        self.address = f"{host}:{port}"
+        self._poller: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, gateway: Gateway, settings: Settings) -> GrpcFront:
+        front = cls(gateway, settings)
+        await front._update_readiness()
+        for model in gateway.repository.models:
+            await front._health.set(model, health_pb2.HealthCheckResponse.SERVING)
+        await front._server.start()
+        front._poller = asyncio.create_task(front._poll_readiness())
+        log.info("gRPC front on %s", front.address)
+        return front
+
+    async def stop(self) -> None:
+        await self._health.enter_graceful_shutdown()
+        if self._poller is not None:
+            self._poller.cancel()
+        await self._server.stop(STOP_GRACE_S)
+
+    async def _poll_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_POLL_S)
+            await self._update_readiness()
+
+    async def _update_readiness(self) -> None:
+        """The server-wide status ("" and the inference service) follows Gateway.ready()."""
+        try:
+            ready = await self._gateway.ready()
+        except Exception:
+            # The poller must outlive a surprise, or the status would freeze at its last value.
+            log.exception("readiness check failed")
+            ready = False
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
