@@ -3,14 +3,24 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pytriton (a tritonserver for the Triton backend's tests) pins its own numpy: a venv of its own.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench models redis-server clean
+.PHONY: demo test lint typecheck unit bench models redis-server triton-venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
+
+$(TRITON_STAMP): tests/triton_support/requirements.txt
+	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q -r tests/triton_support/requirements.txt
+	touch $(TRITON_STAMP)
+
+triton-venv: $(TRITON_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mlgate serve
@@ -27,8 +37,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) redis-server lint typecheck
-	$(BIN)/pytest -q
+# MLGATE_REQUIRE_TRITON: the Triton tests fail rather than skip when the Triton venv is missing.
+test: $(STAMP) redis-server triton-venv lint typecheck
+	MLGATE_REQUIRE_TRITON=1 $(BIN)/pytest -q
 
 models: $(STAMP)
 	$(BIN)/python -m models.build
@@ -37,4 +48,4 @@ bench: $(STAMP) redis-server
 	$(BIN)/mlgate bench suite
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -24,9 +24,17 @@ class Backend(ABC):
 
     @abstractmethod
     async def infer(
-        self, inputs: dict[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None = None
+        self,
+        inputs: dict[str, np.ndarray[Any, Any]],
+        outputs: Sequence[str] | None = None,
+        *,
+        deadline: float | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Run one batch; answers the requested outputs (all of them when `outputs` is None).
+
+        `deadline` is the batch's latest useful answer time, on the time.monotonic() clock;
+        remote runtimes give up then (DeadlineExceeded), in-process ones may ignore it. Answers
+        may be read-only views of the runtime's buffers: copy before writing to them.
 
         Raises service.protocol.errors.InvalidInput for tensors the model refuses and
         BackendError when the runtime fails on well-formed ones.
@@ -48,3 +56,8 @@ class Backend(ABC):
     @abstractmethod
     def device(self) -> str:
         """Where inference runs: "cpu", "cuda" or "tensorrt"."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether inference can succeed now; only a runtime in another process can say no."""
+        return True

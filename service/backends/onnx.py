@@ -83,7 +83,13 @@ class OnnxBackend(Backend):
         return list(self._inputs), list(self._outputs)
 
     async def infer(
-        self, inputs: dict[str, np.ndarray[Any, Any]], outputs: Sequence[str] | None = None
+        self,
+        inputs: dict[str, np.ndarray[Any, Any]],
+        outputs: Sequence[str] | None = None,
+        *,
+        # A batch cannot be taken back from onnxruntime once it runs; the batcher has already
+        # dropped the requests whose deadline passed before it did.
+        deadline: float | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
         if outputs is None:
             names: Sequence[str] = self._output_names
