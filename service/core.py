@@ -24,6 +24,7 @@ from feature_store.views import FeatureView, load_views
 from service import metrics
 from service.audit import AuditLog, AuditRecord, open_audit
 from service.batching import Batcher
+from service.guard import Guard, Verdict
 from service.protocol.datatypes import numpy_dtype, v2_datatype
 from service.protocol.errors import (
     BackendError,
@@ -31,6 +32,7 @@ from service.protocol.errors import (
     InvalidInput,
     NotFound,
     Unavailable,
+    Unprocessable,
 )
 from service.protocol.v2 import InferRequest, InferResponse
 from service.repository import InputSpec, ModelVersion, Repository
@@ -90,6 +92,7 @@ class Served:
     input_dtypes: dict[str, np.dtype[Any]]
     output_names: list[str]
     plan: FeaturePlan | None
+    guard: Guard
     batcher: Batcher | None = None
 
 
@@ -132,9 +135,15 @@ class Prediction:
     entity_ids: list[str] | None = None
     features: list[ViewRows] = field(default_factory=list)
     route: str = "primary"
+    # Every contract broken, once each ("output:reason"), and the broken rows' own flags.
     flags: list[str] = field(default_factory=list)
+    row_flags: dict[int, list[str]] = field(default_factory=dict)
     # Stage -> microseconds: features, infer, total.
     latency_us: dict[str, int] = field(default_factory=dict)
+
+    def flags_per_row(self) -> list[list[str]]:
+        rows = len(next(iter(self.outputs.values()))) if self.outputs else 0
+        return [self.row_flags.get(i, []) for i in range(rows)]
 
     def feature_status(self) -> list[dict[str, str]]:
         """Per entity: view -> status label."""
@@ -214,6 +223,7 @@ class Gateway:
             input_dtypes={name: numpy_dtype(s.datatype) for name, s in specs.items()},
             output_names=[o.name for o in mv.config.outputs],
             plan=plans[0] if plans else None,
+            guard=Guard(mv.config, mv.model, mv.version),
         )
         config = mv.config.dynamic_batching
         if batching and config is not None and mv.config.max_batch_size > 0:
@@ -280,6 +290,8 @@ class Gateway:
                 model_version=served.mv.version,
                 outputs=outputs,
                 id=request.id,
+                # V2 parameter values are scalars: the broken contracts, comma-separated.
+                parameters={"flags": ",".join(prediction.flags)} if prediction.flags else {},
             )
 
     async def predict(
@@ -322,12 +334,12 @@ class Gateway:
                 apply_overrides(served.plan, tensor, overrides)
             inputs[served.plan.input_name] = tensor
         fetched = time.perf_counter()
-        if served.batcher is not None:
-            outputs = await served.batcher.submit(
-                inputs, priority=scheduling.priority, deadline=scheduling.deadline
-            )
+        outputs = await self._score(served, inputs, scheduling)
+        verdict = served.guard.check(outputs)
+        if verdict.needs_fallback_rows is not None:
+            outputs = await self._fallback(served, inputs, verdict, scheduling)
         else:
-            outputs = await self._run_backend(served.mv, inputs)
+            outputs = verdict.outputs
         done = time.perf_counter()
         prediction = Prediction(
             request_id=request_id or uuid.uuid4().hex,
@@ -342,10 +354,44 @@ class Gateway:
                 "infer": round((done - fetched) * 1e6),
                 "total": round((done - started) * 1e6),
             },
+            flags=verdict.reasons,
+            row_flags=verdict.row_flags,
         )
+        # A refused prediction is recorded too: what the model said and why it was refused.
         if self.audit is not None:
             self.audit.submit(audit_record(prediction))
+        if verdict.rejected:
+            raise Unprocessable(f"prediction refused by its output contract: {verdict.rejection}")
         return prediction
+
+    async def _score(
+        self, served: Served, inputs: dict[str, np.ndarray], scheduling: Scheduling
+    ) -> dict[str, np.ndarray]:
+        if served.batcher is not None:
+            return await served.batcher.submit(
+                inputs, priority=scheduling.priority, deadline=scheduling.deadline
+            )
+        return await self._run_backend(served.mv, inputs)
+
+    async def _fallback(
+        self,
+        served: Served,
+        inputs: dict[str, np.ndarray],
+        verdict: Verdict,
+        scheduling: Scheduling,
+    ) -> dict[str, np.ndarray]:
+        """Rows that broke their contract, scored again on the configured fallback version."""
+        guard = served.guard
+        assert guard.fallback_version is not None
+        fallback = self.served(served.mv.model, guard.fallback_version)
+        scores = await self._score(fallback, guard.fallback_inputs(inputs, verdict), scheduling)
+        checked = fallback.guard.check(scores)
+        if checked.rejected:
+            raise Unprocessable(
+                f"prediction refused by its output contract, and by its fallback version "
+                f"{fallback.mv.version}'s: {checked.rejection}"
+            )
+        return guard.merge_fallback(verdict, checked.outputs)
 
     async def _fetch(self, plan: FeaturePlan, entity_ids: list[str]) -> list[ViewRows]:
         started = time.perf_counter()

@@ -5,6 +5,9 @@ The layout is Triton's:
     <root>/<model>/config.yaml
     <root>/<model>/<version>/model.onnx      (a version is a directory named by digits)
 
+except that a version Triton serves needs no directory: config.yaml names it (`backend: triton`
+with `triton.model_versions`, or `version_backends`), so one model can have versions on each.
+
 Every problem is a ConfigError whose message names the file and the field, one problem a line,
 so `mlgate models check` and a failed start both say exactly what to fix.
 """
@@ -37,7 +40,9 @@ from feature_store.errors import ViewConfigError
 from feature_store.views import load_views
 from service.backends.base import Backend, TensorSignature
 from service.backends.onnx import OnnxBackend, OnnxOptions
+from service.backends.triton import TritonBackend, TritonOptions
 from service.batching import BatchingConfig
+from service.guard import GuardConfig, guard_config_errors
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.protocol.errors import GatewayError, NotFound
 
@@ -143,8 +148,28 @@ class ValidRange(BaseModel):
 
 
 class OutputSpec(TensorSpec):
-    # The contract predictions must keep; the output guard enforces it.
+    # The contract predictions must keep (service.guard enforces it, with finiteness and dims).
     valid_range: ValidRange | None = None
+    # The class set: every value must be one of these.
+    allowed: list[float] | None = Field(default=None, min_length=1)
+
+    @field_validator("valid_range", "allowed")
+    @classmethod
+    def _numeric_output(
+        cls, value: ValidRange | list[float] | None, info: ValidationInfo
+    ) -> ValidRange | list[float] | None:
+        datatype = info.data.get("datatype")
+        if value is None or datatype is None:
+            return value
+        kind = V2_TO_NUMPY[datatype].kind
+        if kind == "O":
+            raise ValueError(f"a {datatype} output has no numeric contract")
+        if isinstance(value, list) and kind != "f" and not all(v.is_integer() for v in value):
+            raise ValueError(f"a {datatype} output only takes whole numbers")
+        return value
+
+
+BackendName = Literal["onnxruntime", "triton"]
 
 
 class ModelConfig(BaseModel):
@@ -154,23 +179,53 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
     name: str = Field(min_length=1)
-    backend: Literal["onnxruntime"]
+    # What serves every version not named in version_backends.
+    backend: BackendName
+    version_backends: dict[str, BackendName] = Field(default_factory=dict)
     # Triton's meaning: 0 = the model does not batch and dims are full shapes.
     max_batch_size: int = Field(default=0, ge=0)
     default_version: str | None = None
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[OutputSpec] = Field(min_length=1)
     onnxruntime: OnnxOptions = Field(default_factory=OnnxOptions)
+    triton: TritonOptions | None = None
     dynamic_batching: BatchingConfig | None = None
+    # After outputs: its validator checks the fallback defaults against them.
+    guard: GuardConfig = Field(default_factory=GuardConfig)
 
     @field_validator("default_version")
     @classmethod
     def _version_name(cls, value: str | None) -> str | None:
-        if value is not None and not (value.isascii() and value.isdigit()):
+        if value is not None and not _is_version(value):
             raise ValueError(
                 f"{value!r} is not a version; versions are directories named by digits"
             )
         return value
+
+    @field_validator("version_backends")
+    @classmethod
+    def _version_names(cls, value: dict[str, BackendName]) -> dict[str, BackendName]:
+        for version in value:
+            if not _is_version(version):
+                raise ValueError(f"{version!r} is not a version; versions are named by digits")
+        return value
+
+    def backend_of(self, version: str) -> BackendName:
+        return self.version_backends.get(version, self.backend)
+
+    @model_validator(mode="after")
+    def _triton_configured(self) -> Self:
+        if self.triton is None:
+            if "triton" in (self.backend, *self.version_backends.values()):
+                raise ValueError("versions served by triton need a triton section (endpoints)")
+            return self
+        for version in self.triton.model_versions:
+            if self.backend_of(version) != "triton":
+                raise ValueError(
+                    f"triton.model_versions names version '{version}', which onnxruntime serves; "
+                    f"set version_backends: {{'{version}': triton}} to serve it from Triton"
+                )
+        return self
 
     @field_validator("inputs", "outputs")
     @classmethod
@@ -195,13 +250,26 @@ class ModelConfig(BaseModel):
             )
         return value
 
+    @field_validator("guard")
+    @classmethod
+    def _guard_fits_outputs(cls, value: GuardConfig, info: ValidationInfo) -> GuardConfig:
+        outputs = info.data.get("outputs")
+        errors = [] if outputs is None else guard_config_errors(value, outputs)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return value
+
+
+def _is_version(name: str) -> bool:
+    return name.isascii() and name.isdigit()
+
 
 @dataclass
 class ModelVersion:
     model: str
     version: str
     config: ModelConfig
-    path: Path  # the .onnx file
+    path: Path | None  # the .onnx file; None where Triton serves the version
     backend: Backend
 
 
@@ -260,9 +328,11 @@ class Repository:
             ),
             return_exceptions=True,
         )
-        repository = cls({m.name: m for m in opened if isinstance(m, Model)}, owned)
+        # Triton's clients belong to the event loop, so their versions open here.
+        finished = await asyncio.gather(*(_finish(o) for o in opened), return_exceptions=True)
+        repository = cls({m.name: m for m in finished if isinstance(m, Model)}, owned)
         try:
-            _raise_errors(opened)
+            _raise_errors(finished)
             versions = [v for m in repository.models.values() for v in m.versions.values()]
             _raise_errors(
                 await asyncio.gather(*(_warm_up(v) for v in versions), return_exceptions=True)
@@ -303,7 +373,8 @@ def check_repository(root: Path, views_path: Path | None = None) -> list[str]:
     """Every problem of the repository under `root`, one per line; [] when it can be served.
 
     Feature bindings are checked against the views declared in `views_path` when given. Builds
-    each session to check its graph against config.yaml but runs no inference.
+    each session, and reads the metadata of each version Triton serves, to check its inputs and
+    outputs against config.yaml but runs no inference.
     """
     try:
         config_paths = _config_paths(root)
@@ -314,10 +385,16 @@ def check_repository(root: Path, views_path: Path | None = None) -> list[str]:
     with ThreadPoolExecutor(1) as executor:
         for path in config_paths:
             try:
-                _open_model(path, views, executor)
+                asyncio.run(_check_model(_open_model(path, views, executor)))
             except ConfigError as exc:
                 errors.extend(str(exc).splitlines())
     return errors
+
+
+async def _check_model(opened: _OpenedModel) -> None:
+    model = await opened.finish()
+    for version in model.versions.values():
+        await version.backend.close()
 
 
 def read_config(path: Path) -> ModelConfig:
@@ -422,23 +499,109 @@ def _config_paths(root: Path) -> list[Path]:
     return paths
 
 
-def _version_paths(config_path: Path) -> dict[str, Path]:
-    """{version: model file} in numeric order."""
-    found = {}
-    for child in config_path.parent.iterdir():
-        if not (child.is_dir() and child.name.isascii() and child.name.isdigit()):
+def _version_dirs(config_path: Path) -> dict[str, Path]:
+    """{version: directory} of the directories beside config.yaml named by digits."""
+    return {
+        child.name: child
+        for child in config_path.parent.iterdir()
+        if child.is_dir() and _is_version(child.name)
+    }
+
+
+@dataclass
+class _Versions:
+    """The versions config.yaml and the directories beside it declare, by what serves them."""
+
+    onnx: dict[str, Path]  # {version: model file}
+    triton: dict[str, str]  # {version: Triton's version}
+    errors: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return sorted([*self.onnx, *self.triton], key=int)
+
+
+def _find_versions(config: ModelConfig, config_path: Path) -> _Versions:
+    dirs = _version_dirs(config_path)
+    triton_versions = config.triton.model_versions if config.triton is not None else {}
+    named = {*config.version_backends, *triton_versions}
+    found = _Versions({}, {}, [])
+    for version in sorted({*dirs, *named}, key=int):
+        if config.backend_of(version) == "triton":
+            found.triton[version] = triton_versions.get(version, version)
             continue
-        if (child / MODEL_FILE).is_file():
-            found[child.name] = child / MODEL_FILE
+        model_file = dirs[version] / MODEL_FILE if version in dirs else None
+        if model_file is not None and model_file.is_file():
+            found.onnx[version] = model_file
+        elif version in named:
+            found.errors.append(
+                f"{config_path}: version_backends: version '{version}' is served by onnxruntime "
+                f"but has no {version}/{MODEL_FILE}"
+            )
         else:
-            logger.warning("%s: no %s, so not a version", child, MODEL_FILE)
-    return dict(sorted(found.items(), key=lambda item: int(item[0])))
+            logger.warning("%s: no %s, so not a version", dirs[version], MODEL_FILE)
+    return found
+
+
+@dataclass
+class _OpenedModel:
+    """One model read, its onnxruntime versions open; its Triton versions open in finish()."""
+
+    config_path: Path
+    config: ModelConfig
+    default_version: str
+    versions: dict[str, ModelVersion]
+    triton_versions: dict[str, str]  # {version: Triton's version}
+    errors: list[str]
+
+    async def finish(self) -> Model:
+        """The model with every version open; ConfigError (all versions closed) otherwise."""
+        results = await asyncio.gather(
+            *(self._open_triton(v, t) for v, t in self.triton_versions.items()),
+            return_exceptions=True,
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if self.errors or failures:
+            # Triton backends run health checks until closed.
+            for version in self.versions.values():
+                await version.backend.close()
+            if failures:
+                raise failures[0]
+            raise ConfigError("\n".join(self.errors))
+        versions = dict(sorted(self.versions.items(), key=lambda item: int(item[0])))
+        return Model(self.config.name, self.config, versions, self.default_version)
+
+    async def _open_triton(self, version: str, triton_version: str) -> None:
+        options = self.config.triton
+        assert options is not None, "ModelConfig makes a triton section for triton versions"
+        try:
+            backend = await TritonBackend.open(
+                options,
+                options.model_name or self.config.name,
+                triton_version,
+                self.config.max_batch_size,
+            )
+        except GatewayError as exc:
+            self.errors.append(f"{self.config_path}: version {version}: {exc.message}")
+            return
+        graph_errors = _graph_errors(self.config, self.config_path, backend.target, backend)
+        if graph_errors:
+            self.errors += graph_errors
+            await backend.close()
+            return
+        self.versions[version] = ModelVersion(self.config.name, version, self.config, None, backend)
+
+
+async def _finish(opened: _OpenedModel | BaseException) -> Model:
+    if isinstance(opened, BaseException):
+        raise opened
+    return await opened.finish()
 
 
 def _open_model(
     config_path: Path, views: Mapping[str, FeatureViewLike] | None, executor: ThreadPoolExecutor
-) -> Model:
-    """Read, check and open (without warming up) every version of one model."""
+) -> _OpenedModel:
+    """Read and check one model and open (without warming up) its onnxruntime versions."""
     config = read_config(config_path)
     errors = []
     directory = config_path.parent.name
@@ -449,43 +612,54 @@ def _open_model(
     if views is not None:
         errors += _binding_errors(config, views, config_path)
 
-    paths = _version_paths(config_path)
-    if not paths:
-        errors.append(
-            f"{config_path}: no versions; expected <version>/{MODEL_FILE} beside it, "
-            "the version named by digits"
+    found = _find_versions(config, config_path)
+    errors += found.errors
+    if not found.names:
+        expected = (
+            f"<version>/{MODEL_FILE} beside it, the version named by digits"
+            if config.backend == "onnxruntime"
+            else "versions named in triton.model_versions or version_backends"
         )
+        errors.append(f"{config_path}: no versions; expected {expected}")
         raise ConfigError("\n".join(errors))
-    default_version = config.default_version or next(reversed(paths))
-    if default_version not in paths:
+    default_version = config.default_version or found.names[-1]
+    if default_version not in found.names:
+        missing = (
+            f"has no {MODEL_FILE}"
+            if config.backend_of(default_version) == "onnxruntime"
+            else "is not a version"
+        )
         errors.append(
-            f"{config_path}: default_version: '{default_version}' has no {MODEL_FILE}; "
-            f"available: {', '.join(paths)}"
+            f"{config_path}: default_version: '{default_version}' {missing}; "
+            f"available: {', '.join(found.names)}"
+        )
+    fallback = config.guard.fallback
+    if fallback is not None and fallback.version not in (None, *found.names):
+        errors.append(
+            f"{config_path}: guard.fallback.version: '{fallback.version}' is not a version; "
+            f"available: {', '.join(found.names)}"
         )
 
     versions = {}
-    for version, path in paths.items():
+    for version, path in found.onnx.items():
         try:
             backend = OnnxBackend(path, config.onnxruntime, executor)
         except GatewayError as exc:
             errors.append(exc.message)
             continue
-        graph_errors = _graph_errors(config, config_path, path, backend)
+        graph_errors = _graph_errors(config, config_path, str(path), backend)
         if graph_errors:
             errors += graph_errors
             continue
         versions[version] = ModelVersion(config.name, version, config, path, backend)
-
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return Model(config.name, config, versions, default_version)
+    return _OpenedModel(config_path, config, default_version, versions, found.triton, errors)
 
 
 def _graph_errors(
-    config: ModelConfig, config_path: Path, onnx_path: Path, backend: Backend
+    config: ModelConfig, config_path: Path, source: str, backend: Backend
 ) -> list[str]:
     graph_inputs, graph_outputs = backend.signature()
-    check = _GraphCheck(config, config_path, onnx_path)
+    check = _GraphCheck(config, config_path, source)
     return check.compare("input", config.inputs, graph_inputs) + check.compare(
         "output", config.outputs, graph_outputs
     )
@@ -493,11 +667,11 @@ def _graph_errors(
 
 @dataclass
 class _GraphCheck:
-    """Compares one version's graph with its config.yaml; messages name both files."""
+    """Compares one version's graph with its config.yaml; messages name both sources."""
 
     config: ModelConfig
     config_path: Path
-    onnx_path: Path
+    source: str  # where the graph comes from: the .onnx file, or the model on Triton
 
     def compare(
         self, kind: str, specs: list[InputSpec] | list[OutputSpec], graph: list[TensorSignature]
@@ -506,7 +680,7 @@ class _GraphCheck:
         field = f"{kind}s"
         declared = [spec.name for spec in specs]
         errors = [
-            f"{self.onnx_path}: {kind} '{tensor.name}' not declared in {self.config_path} "
+            f"{self.source}: {kind} '{tensor.name}' not declared in {self.config_path} "
             f"{field} (declared: {', '.join(declared)})"
             for tensor in graph
             if tensor.name not in declared
@@ -516,13 +690,13 @@ class _GraphCheck:
             tensor = by_name.get(spec.name)
             if tensor is None:
                 errors.append(
-                    f"{self.onnx_path}: no {kind} '{spec.name}' as {self.config_path} "
+                    f"{self.source}: no {kind} '{spec.name}' as {self.config_path} "
                     f"{field}[{i}].name declares (the graph has: {', '.join(by_name)})"
                 )
                 continue
             if tensor.datatype != spec.datatype:
                 errors.append(
-                    f"{self.onnx_path}: {kind} '{tensor.name}' is {tensor.datatype}, but "
+                    f"{self.source}: {kind} '{tensor.name}' is {tensor.datatype}, but "
                     f"{self.config_path} {field}[{i}].datatype is {spec.datatype}"
                 )
             errors += self._shape_errors(f"{field}[{i}]", kind, spec, tensor)
@@ -536,7 +710,7 @@ class _GraphCheck:
         if max_batch_size > 0:
             if not shape or shape[0] != -1:
                 return [
-                    f"{self.onnx_path}: {kind} '{tensor.name}' has shape {shape} with no dynamic "
+                    f"{self.source}: {kind} '{tensor.name}' has shape {shape} with no dynamic "
                     f"batch dimension first, which {self.config_path} max_batch_size "
                     f"{max_batch_size} needs (or set max_batch_size: 0 and give full shapes in "
                     "dims)"
@@ -549,7 +723,7 @@ class _GraphCheck:
         ):
             batch_note = " (dims exclude the batch dimension)" if max_batch_size > 0 else ""
             return [
-                f"{self.onnx_path}: {kind} '{tensor.name}' has shape {list(tensor.shape)}, but "
+                f"{self.source}: {kind} '{tensor.name}' has shape {list(tensor.shape)}, but "
                 f"{self.config_path} {field}.dims is {spec.dims}{batch_note}"
             ]
         return []
@@ -559,4 +733,5 @@ async def _warm_up(version: ModelVersion) -> None:
     try:
         await version.backend.warmup()
     except GatewayError as exc:
-        raise ConfigError(f"{version.path}: warm-up failed: {exc.message}") from None
+        where = version.path or f"model '{version.model}' version {version.version}"
+        raise ConfigError(f"{where}: warm-up failed: {exc.message}") from None
