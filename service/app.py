@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -15,7 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from feature_store.errors import FeatureStoreError, StoreUnavailable
-from service.core import Gateway
+from service.core import Gateway, Scheduling
+from service.grpc_server import GrpcFront
 from service.metrics_export import render_metrics
 from service.protocol import json_codec
 from service.protocol.errors import (
@@ -30,6 +33,10 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+# A client's deadline over HTTP, in milliseconds (V2 `parameters.timeout` is microseconds).
+TIMEOUT_HEADER = "x-mlgate-timeout-ms"
+
+T = TypeVar("T")
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -59,13 +66,58 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def header_deadline(request: Request) -> float | None:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = -1.0
+    if not ms > 0:
+        raise InvalidInput(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
+    return time.monotonic() + ms / 1000
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client goes away first.
+
+    A cancelled request still queued in a batcher leaves the queue and never runs.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGone()
+    return task.result()
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer; nobody is left to answer."""
+
+
+async def _disconnected(request: Request) -> None:
+    # The body is read already, so the next ASGI message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.gateway = await Gateway.start(settings)
+        grpc_front = None
         try:
+            if settings.grpc_port is not None:
+                grpc_front = await GrpcFront.start(app.state.gateway, settings)
             yield
         finally:
+            if grpc_front is not None:
+                await grpc_front.stop()
             await app.state.gateway.close()
 
     app = FastAPI(
@@ -95,6 +147,11 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return json_response({"error": f"invalid request: {exc.errors()[0].get('msg')}"}, 400)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, exc: ClientGone) -> Response:
+        # 499 in nginx's sense; nobody reads it.
+        return json_response({"error": "client closed the request"}, 499)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -141,7 +198,11 @@ def create_app(settings: Settings) -> FastAPI:
         if header is not None and not header.isdigit():
             raise InvalidInput(f"{json_codec.HEADER_LENGTH} must be a byte count")
         decoded = json_codec.decode_infer_request(body, None if header is None else int(header))
-        result = await gateway(request).infer(model, version, decoded, "infer")
+        decoded.deadline = header_deadline(request)
+        gw = gateway(request)
+        batched = gw.served(model, version).batcher is not None
+        work = gw.infer(model, version, decoded, "infer")
+        result = await (unless_disconnected(request, work) if batched else work)
         payload, json_size = json_codec.encode_infer_response(
             result, decoded.binary_outputs, decoded.binary_all_outputs
         )
@@ -162,10 +223,15 @@ def create_app(settings: Settings) -> FastAPI:
         overrides = doc.get("features")
         if overrides is not None and not isinstance(overrides, dict):
             raise InvalidInput("'features' must be an object of feature name -> value(s)")
+        parameters = doc.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be an object")
+        scheduling = Scheduling.from_parameters(parameters, header_deadline(request))
         request_id = doc.get("request_id") or request.headers.get("x-request-id")
-        result = await gateway(request).predict(
-            model, version, doc["entities"], overrides, request_id
-        )
+        gw = gateway(request)
+        batched = gw.served(model, version).batcher is not None
+        work = gw.predict(model, version, doc["entities"], overrides, request_id, scheduling)
+        result = await (unless_disconnected(request, work) if batched else work)
         return json_response(
             {
                 "model": result.model,
@@ -173,6 +239,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "request_id": result.request_id,
                 "predictions": predictions_json(result.outputs),
                 "feature_status": result.feature_status(),
+                "flags": result.flags_per_row(),
             },
             headers={"x-request-id": result.request_id, "x-mlgate-version": result.version},
         )
