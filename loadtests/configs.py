@@ -20,6 +20,8 @@ class GatewayConfig:
     """None: the suite's scenario list."""
     protocol: Literal["http", "grpc"] = "http"
     """grpc: the gateway also serves gRPC (--grpc-port) and the load goes there."""
+    compare_to: str | None = None
+    """A configuration this one differs from by one thing: the page shows their ratios."""
 
 
 CONFIGS: dict[str, GatewayConfig] = {
@@ -31,6 +33,20 @@ CONFIGS: dict[str, GatewayConfig] = {
             "the same gateway, load on its V2 gRPC front (ModelInfer, raw tensors)",
             scenarios=("v2-dense-1", "mix"),
             protocol="grpc",
+        ),
+        GatewayConfig(
+            "batching-off",
+            "every request run alone (--batching off); baseline batches adaptively",
+            serve_args=("--batching", "off"),
+            scenarios=("predict-1", "heavy-1"),
+            compare_to="baseline",
+        ),
+        GatewayConfig(
+            "audit-off",
+            "no audit log (--audit none); baseline records every prediction to a file",
+            serve_args=("--audit", "none"),
+            scenarios=("predict-1", "predict-8-zipf"),
+            compare_to="baseline",
         ),
         GatewayConfig(
             "workers-2",

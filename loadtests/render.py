@@ -93,6 +93,7 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     lines += _ceiling_section(results["ceiling"])
     for config in results["configs"]:
         lines += _config_section(config, results["runs"], floor["total"])
+    lines += _comparison_section(results["configs"], results["runs"])
     lines += [
         "",
         "## Latency against throughput",
@@ -149,8 +150,8 @@ def _config_section(
         f"{config['description']}: `{config['command']}`",
         "",
         "| scenario | concurrency | req/s | p50 ms | p99 ms | p50 x floor | p99 x floor"
-        " | errors | command |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        " | rows/batch | errors | command |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for run in runs:
         if run["config"] != config["name"]:
@@ -161,8 +162,47 @@ def _config_section(
             f"| {run['scenario']} | {run['concurrency']} | {run['throughput_rps']:.0f}"
             f" | {ms(latency['p50'])} | {ms(latency['p99'])}"
             f" | {latency['p50'] / floor['p50']:.1f}x | {latency['p99'] / floor['p99']:.1f}x"
-            f" | {errors} | `{run['command']}` |"
+            f" | {_batch(run)} | {errors} | `{run['command']}` |"
         )
+    return lines
+
+
+def _batch(run: dict[str, Any]) -> str:
+    rows = run.get("rows_per_batch")
+    return "-" if rows is None else f"{rows:.1f}"
+
+
+def _comparison_section(configs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:
+    """Each configuration that differs from another by one thing, as ratios to that one."""
+    pairs = [(c["name"], c["compare_to"]) for c in configs if c.get("compare_to")]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "## Comparisons",
+        "",
+        "Ratios of medians, same scenario and concurrency, measured in the same run:"
+        " above 1 means the first configuration has more (req/s) or longer (latency).",
+        "",
+        "| configuration | vs | scenario | concurrency | req/s ratio | p50 ratio | p99 ratio"
+        " | rows/batch |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    by_key = {(r["config"], r["scenario"], r["concurrency"]): r for r in runs}
+    for name, other in pairs:
+        for run in runs:
+            if run["config"] != name:
+                continue
+            base = by_key.get((other, run["scenario"], run["concurrency"]))
+            if base is None:
+                continue
+            lat, base_lat = run["latency_us"], base["latency_us"]
+            lines.append(
+                f"| {name} | {other} | {run['scenario']} | {run['concurrency']}"
+                f" | {run['throughput_rps'] / base['throughput_rps']:.2f}"
+                f" | {lat['p50'] / base_lat['p50']:.2f} | {lat['p99'] / base_lat['p99']:.2f}"
+                f" | {_batch(run)} vs {_batch(base)} |"
+            )
     return lines
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 from loadtests.configs import CONFIGS, GatewayConfig
@@ -32,7 +34,14 @@ from loadtests.seed import seed
 from loadtests.targets import Client
 from loadtests.workloads import SCENARIOS, Workload
 
-DEFAULT_SCENARIOS = ("predict-1", "predict-8-zipf", "predict-32-zipf", "v2-dense-1", "mix")
+DEFAULT_SCENARIOS = (
+    "predict-1",
+    "predict-8-zipf",
+    "predict-32-zipf",
+    "v2-dense-1",
+    "mix",
+    "heavy-1",
+)
 # (label, protocol, client, scenario): the HTTP client the generator uses, httpx for
 # comparison, and grpc.aio (the gRPC client, whose ceiling bounds every gRPC figure).
 CEILING_CLIENTS: tuple[tuple[str, str, Client, str], ...] = (
@@ -117,8 +126,9 @@ def run_suite(settings: SuiteSettings) -> Path:
             log = Path(logs) / f"{config.name}.log"
             with gateway(serve_args, config.env, log, grpc=config.protocol == "grpc") as ports:
                 url = f"grpc://{HOST}:{ports.grpc}" if ports.grpc else f"http://{HOST}:{ports.http}"
+                metrics_url = f"http://{HOST}:{ports.http}/metrics"
                 for scenario in settings.scenarios or config.scenarios or DEFAULT_SCENARIOS:
-                    results["runs"] += measure(settings, config, scenario, url)
+                    results["runs"] += measure(settings, config, scenario, url, metrics_url)
     results["elapsed_s"] = round(time.monotonic() - clock, 1)
     settings.results_dir.mkdir(parents=True, exist_ok=True)
     out = settings.results_dir / f"{started.strftime('%Y-%m-%dT%H%M%SZ')}.json"
@@ -153,7 +163,7 @@ def ceiling(settings: SuiteSettings) -> list[dict[str, Any]]:
 
 
 def measure(
-    settings: SuiteSettings, config: GatewayConfig, scenario: str, url: str
+    settings: SuiteSettings, config: GatewayConfig, scenario: str, url: str, metrics_url: str
 ) -> list[dict[str, Any]]:
     """One scenario at every concurrency level, each the median of several short runs."""
     workload = Workload(SCENARIOS[scenario], key_space=settings.entities)
@@ -163,8 +173,9 @@ def measure(
     points = []
     for level in settings.concurrency:
         spec = LoadSpec(concurrency=level, duration_s=settings.duration_s)
+        before = batch_totals(metrics_url)
         repeats = [execute(Job(url, workload, spec)) for _ in range(settings.repeats)]
-        point = summarise(repeats)
+        point = summarise(repeats) | {"rows_per_batch": rows_per_batch(before, metrics_url)}
         command = (
             f"mlgate bench run --url {DOC_URLS[config.protocol]} --scenario {scenario}"
             f" --concurrency {level}"
@@ -178,6 +189,25 @@ def measure(
         )
         _say(f"{config.name} {scenario} c={level}: {_brief_point(point)}")
     return points
+
+
+_BATCH_LINE = re.compile(r"^mlgate_batch_size_(sum|count)\{[^}]*\} (\S+)$", re.MULTILINE)
+
+
+def batch_totals(metrics_url: str) -> tuple[float, float]:
+    """(rows, batches) the gateway's batchers have run so far, over every model."""
+    text = httpx.get(metrics_url, timeout=10).text
+    totals = {"sum": 0.0, "count": 0.0}
+    for kind, value in _BATCH_LINE.findall(text):
+        totals[kind] += float(value)
+    return totals["sum"], totals["count"]
+
+
+def rows_per_batch(before: tuple[float, float], metrics_url: str) -> float | None:
+    """Mean rows per batch since `before`; None when no batcher ran (batching off)."""
+    rows, batches = batch_totals(metrics_url)
+    done = batches - before[1]
+    return round((rows - before[0]) / done, 2) if done else None
 
 
 def summarise(repeats: list[RunResult]) -> dict[str, Any]:
@@ -222,6 +252,7 @@ def _describe(config: GatewayConfig, settings: SuiteSettings) -> dict[str, Any]:
         "name": config.name,
         "description": config.description,
         "command": f"{env} {command}".strip(),
+        "compare_to": config.compare_to,
     }
 
 

@@ -72,6 +72,7 @@ class Scenario:
 
 _FRAUD = (ModelChoice("fraud_mlp"),)
 _FRAUD_V2 = (ModelChoice("fraud_mlp", "2"),)
+_HEAVY = (ModelChoice("heavy_mlp"),)
 _MIX = (
     ModelChoice("fraud_mlp", "1", 0.45),
     ModelChoice("fraud_mlp", "2", 0.45),
@@ -90,6 +91,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("v2-dense-1", "v2-dense", 1, "uniform", _FRAUD_V2, "V2 infer, 1 FP32 row"),
         Scenario("v2-dense-32", "v2-dense", 32, "uniform", _FRAUD_V2, "V2 infer, 32 FP32 rows"),
         Scenario("mix", "v2-entities", 8, "zipf", _MIX, "V2 infer, 8 hot-key, 3 model versions"),
+        Scenario(
+            "heavy-1", "predict", 1, "uniform", _HEAVY, "entity predict on heavy_mlp, 1 entity"
+        ),
     )
 }
 

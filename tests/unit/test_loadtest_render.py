@@ -80,9 +80,38 @@ def test_rows_carry_command_throughput_percentiles_and_floor_ratios(tmp_path: Pa
     text = docs.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| predict-1 | 8 |"))
     assert row == (
-        "| predict-1 | 8 | 5600 | 2.500 | 8.000 | 5.0x | 8.0x | 0"
+        "| predict-1 | 8 | 5600 | 2.500 | 8.000 | 5.0x | 8.0x | - | 0"
         " | `mlgate bench run --url http://127.0.0.1:8000 --scenario predict-1 --concurrency 8` |"
     )
     assert "| raw | 8 | 12000 |" in text
     assert "![p50 and p99 latency against throughput](benchmarks.png)" in text
     assert (docs.parent / "benchmarks.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_configuration_that_names_another_is_shown_as_ratios(tmp_path: Path) -> None:
+    results = results_with(p50_us=2_000, p99_us=4_000)
+    results["configs"].append(
+        {
+            "name": "batching-off",
+            "description": "alone",
+            "command": "mlgate serve",
+            "compare_to": "baseline",
+        }
+    )
+    base = results["runs"][1]
+    results["runs"][1] = base | {"rows_per_batch": 3.5}
+    results["runs"].append(
+        base
+        | {
+            "config": "batching-off",
+            "throughput_rps": base["throughput_rps"] / 2,
+            "latency_us": {k: v * 3 for k, v in base["latency_us"].items()},
+            "rows_per_batch": None,
+        }
+    )
+    docs = tmp_path / "benchmarks.md"
+    render(results, docs)
+    assert (
+        "| batching-off | baseline | predict-1 | 8 | 0.50 | 3.00 | 3.00 | - vs 3.5 |"
+        in docs.read_text()
+    )
