@@ -55,6 +55,9 @@ class ModelSpec:
     base_seed: int | None = None
     # Stored as FP16 (and cast back at load) to halve the committed size of the large models.
     fp16_weights: bool = False
+    # The second hidden layer is applied this many times with the same (tied) weights: compute
+    # grows, the file does not, so batching pays off visibly on a CPU.
+    tied_repeats: int = 1
 
 
 # Both fraud_mlp versions are the same base model plus seed-specific drift, like two retrainings
@@ -71,7 +74,14 @@ _LOGIT_STD = 1.5
 MODELS = (
     ModelSpec("fraud_mlp", "1", hidden=(64,), seed=1, base_seed=_FRAUD_BASE_SEED),
     ModelSpec("fraud_mlp", "2", hidden=(64,), seed=2, base_seed=_FRAUD_BASE_SEED),
-    ModelSpec("heavy_mlp", "1", hidden=(1024, 1024, 1024), seed=3, fp16_weights=True),
+    ModelSpec(
+        "heavy_mlp",
+        "1",
+        hidden=(1024, 1024, 1024),
+        seed=3,
+        fp16_weights=True,
+        tied_repeats=8,
+    ),
 )
 
 
@@ -106,6 +116,8 @@ def _weights(spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
 class Standardisation:
     mean: np.ndarray
     std: np.ndarray
+    # A sample of the demo population as the models see it: standardised and clipped.
+    population: np.ndarray
 
     @classmethod
     def fit(cls, views_file: Path) -> Standardisation:
@@ -120,9 +132,27 @@ class Standardisation:
                 f"{views_file}: views {', '.join(FEATURE_VIEWS)} give {population.shape[1]} "
                 f"features, the models take {N_FEATURES}"
             )
-        std = population.std(axis=0)
+        mean, std = population.mean(axis=0), population.std(axis=0)
         # A constant feature carries no signal; dividing by one keeps it finite.
-        return cls(population.mean(axis=0), np.where(std > 0, std, 1.0))
+        std = np.where(std > 0, std, 1.0)
+        sample = np.clip((population[:2000] - mean) / std, -_CLIP, _CLIP)
+        return cls(mean, std, sample)
+
+
+def _fit_output(
+    spec: ModelSpec, layers: list[tuple[np.ndarray, np.ndarray]], standardisation: Standardisation
+) -> tuple[np.ndarray, np.ndarray]:
+    """The last layer rescaled so the logit has _LOGIT_STD and mean _OUTPUT_BIAS on the demo
+    population: tied layers change the activations' scale in ways He initialisation does not
+    foresee."""
+    x = standardisation.population
+    for i, (weight, bias) in enumerate(layers[:-1]):
+        for _ in range(spec.tied_repeats if i == 1 else 1):
+            x = np.maximum(x @ weight + bias, 0.0)
+    last_w, _ = layers[-1]
+    logit = x @ last_w
+    scale = _LOGIT_STD / float(logit.std())
+    return last_w * scale, np.full(1, _OUTPUT_BIAS - float(logit.mean()) * scale)
 
 
 def build_model(spec: ModelSpec, standardisation: Standardisation) -> onnx.ModelProto:
@@ -148,15 +178,20 @@ def build_model(spec: ModelSpec, standardisation: Standardisation) -> onnx.Model
     nodes.append(helper.make_node("Clip", ["shifted", "clip_min", "clip_max"], ["standardised"]))
 
     layers = _weights(spec)
+    if spec.tied_repeats > 1:
+        layers[-1] = _fit_output(spec, layers, standardisation)
     x = "standardised"
     for i, (weight, bias) in enumerate(layers):
+        repeats = spec.tied_repeats if i == 1 else 1
         w = constant(f"w{i}", weight)
         b = constant(f"b{i}", bias)
-        nodes.append(helper.make_node("MatMul", [x, w], [f"matmul{i}"]))
-        nodes.append(helper.make_node("Add", [f"matmul{i}", b], [f"linear{i}"]))
-        if i < len(layers) - 1:
-            nodes.append(helper.make_node("Relu", [f"linear{i}"], [f"relu{i}"]))
-            x = f"relu{i}"
+        for r in range(repeats):
+            name = f"{i}" if r == 0 else f"{i}_{r}"
+            nodes.append(helper.make_node("MatMul", [x, w], [f"matmul{name}"]))
+            nodes.append(helper.make_node("Add", [f"matmul{name}", b], [f"linear{name}"]))
+            if i < len(layers) - 1:
+                nodes.append(helper.make_node("Relu", [f"linear{name}"], [f"relu{name}"]))
+                x = f"relu{name}"
     nodes.append(helper.make_node("Sigmoid", [f"linear{len(layers) - 1}"], [OUTPUT_NAME]))
 
     graph = helper.make_graph(
