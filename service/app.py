@@ -17,8 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from feature_store.errors import FeatureStoreError, StoreUnavailable
+from service.admin import install_admin
 from service.core import Gateway, Scheduling
 from service.grpc_server import GrpcFront
+from service.lifecycle import Lifecycle
 from service.metrics_export import render_metrics
 from service.protocol import json_codec
 from service.protocol.errors import (
@@ -28,6 +30,7 @@ from service.protocol.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from service.routing import VERSION_HEADER, explicit_version
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,14 +113,19 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.gateway = await Gateway.start(settings)
+        lifecycle = None
         grpc_front = None
         try:
+            # Before any front opens: a worker takes up the shared routing policy first.
+            lifecycle = app.state.lifecycle = await Lifecycle.start(app.state.gateway, settings)
             if settings.grpc_port is not None:
                 grpc_front = await GrpcFront.start(app.state.gateway, settings)
             yield
         finally:
             if grpc_front is not None:
                 await grpc_front.stop()
+            if lifecycle is not None:
+                await lifecycle.close()
             await app.state.gateway.close()
 
     app = FastAPI(
@@ -199,6 +207,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise InvalidInput(f"{json_codec.HEADER_LENGTH} must be a byte count")
         decoded = json_codec.decode_infer_request(body, None if header is None else int(header))
         decoded.deadline = header_deadline(request)
+        version = version or request.headers.get(VERSION_HEADER)
         gw = gateway(request)
         batched = gw.served(model, version).batcher is not None
         work = gw.infer(model, version, decoded, "infer")
@@ -206,12 +215,13 @@ def create_app(settings: Settings) -> FastAPI:
         payload, json_size = json_codec.encode_infer_response(
             result, decoded.binary_outputs, decoded.binary_all_outputs
         )
+        headers = {VERSION_HEADER: result.model_version}
         if json_size is None:
-            return Response(payload, media_type=JSON)
+            return Response(payload, media_type=JSON, headers=headers)
         return Response(
             payload,
             media_type="application/octet-stream",
-            headers={json_codec.HEADER_LENGTH: str(json_size)},
+            headers={json_codec.HEADER_LENGTH: str(json_size), **headers},
         )
 
     @app.post("/v1/models/{model}:predict")
@@ -228,6 +238,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise InvalidInput("'parameters' must be an object")
         scheduling = Scheduling.from_parameters(parameters, header_deadline(request))
         request_id = doc.get("request_id") or request.headers.get("x-request-id")
+        version = explicit_version(version, request.headers.get(VERSION_HEADER), parameters)
         gw = gateway(request)
         batched = gw.served(model, version).batcher is not None
         work = gw.predict(model, version, doc["entities"], overrides, request_id, scheduling)
@@ -241,7 +252,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "feature_status": result.feature_status(),
                 "flags": result.flags_per_row(),
             },
-            headers={"x-request-id": result.request_id, "x-mlgate-version": result.version},
+            headers={"x-request-id": result.request_id, VERSION_HEADER: result.version},
         )
 
     # ---- feature push --------------------------------------------------------------
@@ -269,6 +280,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise InvalidInput(str(exc)) from None
         return json_response({"view": view.name, "written": len(ids)})
 
+    install_admin(app, settings)
     return app
 
 

@@ -30,6 +30,12 @@ SERVE_FLAGS = (
     "audit",
     "batching",
     "audit_spill_dir",
+    "policy_store",
+    "routing",
+    "admin_token_file",
+    "watch_models_s",
+    "shadow_queue_size",
+    "shadow_concurrency",
 )
 
 
@@ -65,6 +71,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Must be set before any worker imports prometheus_client.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlgate-metrics-")
+    if settings.workers > 1 and settings.policy_store is None:
+        # Workers must share one routing policy: a file they all watch, unless told otherwise.
+        shared = Path(tempfile.mkdtemp(prefix="mlgate-policy-")) / "policy.json"
+        settings = settings.model_copy(update={"policy_store": f"file://{shared}"})
     export_settings(settings)
 
     import uvicorn
@@ -154,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batching", choices=["on", "off"], help="dynamic batching (default on)")
     serve.add_argument("--audit", help="file://PATH, redis://host:port/db or none")
     serve.add_argument("--audit-spill-dir", type=Path)
+    serve.add_argument(
+        "--policy-store", help="routing policies shared by workers: file:///path or redis://…"
+    )
+    serve.add_argument(
+        "--routing", type=Path, help="YAML of model -> routing section, over config.yaml's"
+    )
+    serve.add_argument(
+        "--admin-token-file", type=Path, help="admin API tokens (else MLGATE_ADMIN_TOKEN)"
+    )
+    serve.add_argument(
+        "--watch-models",
+        dest="watch_models_s",
+        type=float,
+        metavar="SECONDS",
+        help="poll the model repository for new, changed or removed versions (default off)",
+    )
+    serve.add_argument("--shadow-queue-size", type=int, help="shadow copies waiting, at most")
+    serve.add_argument("--shadow-concurrency", type=int, help="shadow copies scored at once")
     serve.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="model repository tools")

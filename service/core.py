@@ -6,7 +6,9 @@ knows about HTTP or gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +38,15 @@ from service.protocol.errors import (
 )
 from service.protocol.v2 import InferRequest, InferResponse
 from service.repository import InputSpec, ModelVersion, Repository
+from service.routing import (
+    OVERRIDE,
+    SHADOW,
+    Decision,
+    Mirror,
+    Router,
+    explicit_version,
+    initial_policy,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +54,8 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "mlgate"
 SERVER_VERSION = "0.1.0"
 SERVER_EXTENSIONS = ["binary_tensor_data"]
+# How long an unloaded or replaced version waits for its requests in flight before closing.
+DRAIN_TIMEOUT_S = 30.0
 
 
 @dataclass(slots=True)
@@ -94,6 +107,9 @@ class Served:
     plan: FeaturePlan | None
     guard: Guard
     batcher: Batcher | None = None
+    # Requests using this version now: a version taken out of service closes once none are left.
+    inflight: int = 0
+    drained: asyncio.Event | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -135,6 +151,8 @@ class Prediction:
     entity_ids: list[str] | None = None
     features: list[ViewRows] = field(default_factory=list)
     route: str = "primary"
+    # A shadow copy's primary request id.
+    paired_with: str | None = None
     # Every contract broken, once each ("output:reason"), and the broken rows' own flags.
     flags: list[str] = field(default_factory=list)
     row_flags: dict[int, list[str]] = field(default_factory=dict)
@@ -167,16 +185,27 @@ class Gateway:
         executor: ThreadPoolExecutor,
         audit: AuditLog | None = None,
         batching: bool = True,
+        shadow_queue_size: int = 1024,
+        shadow_concurrency: int = 2,
     ) -> None:
         self.repository = repository
         self.store = store
         self.views = dict(views)
         self.audit = audit
         self._executor = executor
+        self._batching = batching
         self._served: dict[tuple[str, str], Served] = {}
+        self.router = Router()
         for model in repository.models.values():
             for mv in model.versions.values():
                 self._served[(model.name, mv.version)] = self._prepare(mv, batching)
+            self.router.set(
+                model.name,
+                initial_policy(model.config.routing, model.default_version, model.versions),
+            )
+        self.mirror: Mirror[ShadowJob] = Mirror(
+            self._shadow, size=shadow_queue_size, workers=shadow_concurrency
+        )
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -198,9 +227,19 @@ class Gateway:
             store.kind,
             settings.audit,
         )
-        return cls(repository, store, views, executor, audit, settings.batching)
+        return cls(
+            repository,
+            store,
+            views,
+            executor,
+            audit,
+            settings.batching,
+            shadow_queue_size=settings.shadow_queue_size,
+            shadow_concurrency=settings.shadow_concurrency,
+        )
 
     async def close(self) -> None:
+        await self.mirror.close()
         for served in self._served.values():
             if served.batcher is not None:
                 await served.batcher.close()
@@ -246,6 +285,11 @@ class Gateway:
         return bool(self._served)
 
     def served(self, model: str, version: str | None) -> Served:
+        """`version` of `model`; without one (None or ""), the routing policy's stable one."""
+        if not version:
+            stable = self._served.get((model, self.router.stable(model) or ""))
+            if stable is not None:
+                return stable
         mv = self.repository.get(model, version)
         return self._served[(mv.model, mv.version)]
 
@@ -277,12 +321,15 @@ class Gateway:
     ) -> InferResponse:
         """A V2 inference request; entity ids may stand in for the feature-built input."""
         with observe(endpoint) as labels:
-            served = self.served(model, version)
+            request_id = request.id or uuid.uuid4().hex
+            version = explicit_version(version, None, request.parameters)
+            key = self._entity_key(model, request.inputs) or request_id
+            served, decision = self._route(model, version, key)
             labels.update(model=served.mv.model, version=served.mv.version)
             wanted = self._requested_outputs(served, request.outputs)
             inputs, entity_ids = self._validate(served, request.inputs)
             prediction = await self._run(
-                served, inputs, entity_ids, None, request.id, Scheduling.of(request)
+                served, decision, inputs, entity_ids, None, request_id, Scheduling.of(request)
             )
             outputs = {name: prediction.outputs[name] for name in wanted}
             return InferResponse(
@@ -305,27 +352,240 @@ class Gateway:
     ) -> Prediction:
         """The entity-keyed API: features are fetched, optionally overridden, then scored."""
         with observe("predict") as labels:
-            served = self.served(model, version)
+            if not entity_ids or not all(isinstance(e, str) and e for e in entity_ids):
+                raise InvalidInput("'entities' must be a non-empty list of non-empty strings")
+            served, decision = self._route(model, version, entity_ids[0])
             labels.update(model=served.mv.model, version=served.mv.version)
             if served.plan is None:
                 raise InvalidInput(f"model '{model}' takes no entity features; use the V2 infer")
-            if not entity_ids or not all(isinstance(e, str) and e for e in entity_ids):
-                raise InvalidInput("'entities' must be a non-empty list of non-empty strings")
             self._check_batch(served, len(entity_ids))
             return await self._run(
-                served, {}, list(entity_ids), overrides, request_id, scheduling or Scheduling()
+                served,
+                decision,
+                {},
+                list(entity_ids),
+                overrides,
+                request_id or uuid.uuid4().hex,
+                scheduling or Scheduling(),
             )
 
+    # ---- routing -------------------------------------------------------------------
+
+    def _route(self, model: str, version: str | None, key: str) -> tuple[Served, Decision]:
+        """The version that answers: the one asked for, else the policy's choice for `key`."""
+        if version:
+            served = self.served(model, version)
+            return served, Decision.override(served.mv.version)
+        if model not in self.repository.models:
+            self.repository.get(model)  # the NotFound that names the models
+        decision = self.router.choose(model, key)
+        chosen = self._served.get((model, decision.version))
+        if chosen is None:
+            # A policy another process published may name a version not loaded here yet.
+            return self.served(model, None), self.router.fallback(model)
+        return chosen, decision
+
+    def _entity_key(self, model: str, inputs: Mapping[str, np.ndarray]) -> str | None:
+        """A V2 request's first entity id, which keeps an entity on one version."""
+        stable = self._served.get((model, self.router.stable(model) or ""))
+        plan = stable.plan if stable is not None else None
+        ids = inputs.get(plan.entity) if plan is not None else None
+        if ids is None or ids.dtype.kind != "O" or not ids.size:
+            return None
+        first = ids.reshape(-1)[0]
+        return first.decode(errors="replace") if isinstance(first, bytes) else str(first)
+
+    def _tally(
+        self, served: Served, decision: Decision, started: float, *, error: bool, flagged: bool
+    ) -> None:
+        """Count one prediction towards its route's metrics and rollout window."""
+        seconds = time.perf_counter() - started
+        model, version, route = served.mv.model, served.mv.version, decision.route
+        outcome = "error" if error else "flagged" if flagged else "ok"
+        metrics.routed(model, version, route, outcome).inc()
+        if not error:
+            metrics.routed_latency(model, version, route).observe(seconds)
+        self.router.tally.request(
+            model,
+            self.router.window_s(model),
+            decision.slot,
+            error=error,
+            flagged=flagged,
+            seconds=seconds,
+            now=time.time(),
+        )
+
+    @contextmanager
+    def _lease(self, served: Served) -> Iterator[None]:
+        served.inflight += 1
+        try:
+            yield
+        finally:
+            served.inflight -= 1
+            if not served.inflight and served.drained is not None:
+                served.drained.set()
+
+    # ---- shadow copies -------------------------------------------------------------
+
+    def _mirror(self, served: Served, decision: Decision, prediction: Prediction) -> None:
+        """Queue the copies of an answered request for its model's shadow versions."""
+        if decision.route == OVERRIDE:
+            return  # a request that picked its version is a test, not traffic to compare
+        for version in self.router.shadows(prediction.model, served.mv.version, random.random):
+            self.mirror.submit(ShadowJob(prediction, version), prediction.model, version)
+
+    async def _shadow(self, job: ShadowJob) -> None:
+        """Score a primary request's inputs on a shadow version; log and compare the answer."""
+        primary = job.primary
+        served = self._served.get((primary.model, job.version))
+        if served is None:
+            return  # unloaded since it was queued
+        decision = Decision(job.version, SHADOW, f"{SHADOW}/{job.version}")
+        batching = served.mv.config.dynamic_batching
+        # The lowest priority: in a batcher shared with primary requests, copies go last.
+        scheduling = Scheduling(priority=batching.priority_levels if batching else None)
+        started = time.perf_counter()
+        with self._lease(served):
+            try:
+                outputs = await self._score(served, dict(primary.inputs), scheduling)
+            except Exception as exc:
+                self._tally(served, decision, started, error=True, flagged=False)
+                log.debug("shadow %s/%s failed: %s", primary.model, job.version, exc)
+                return
+            verdict = served.guard.check(outputs)
+        done = time.perf_counter()
+        self._tally(
+            served, decision, started, error=verdict.rejected, flagged=bool(verdict.reasons)
+        )
+        shadow = Prediction(
+            request_id=uuid.uuid4().hex,
+            model=primary.model,
+            version=job.version,
+            outputs=verdict.outputs,
+            inputs=primary.inputs,
+            entity_ids=primary.entity_ids,
+            features=primary.features,
+            route=SHADOW,
+            paired_with=primary.request_id,
+            flags=verdict.reasons,
+            row_flags=verdict.row_flags,
+            latency_us={
+                "infer": round((done - started) * 1e6),
+                "total": round((done - started) * 1e6),
+            },
+        )
+        if self.audit is not None:
+            self.audit.submit(audit_record(shadow))
+        if not verdict.rejected:
+            self._compare(primary, shadow, decision.slot)
+
+    def _compare(self, primary: Prediction, shadow: Prediction, slot: str) -> None:
+        diff = abs_diff(primary.outputs, shadow.outputs)
+        if diff is None:
+            return
+        model = primary.model
+        tolerance = self.router.policy(model).routing.agreement_tolerance
+        finite = np.isfinite(diff)
+        # A row with a NaN or infinite answer on either side disagrees, by no measurable amount.
+        disagreed = int(np.count_nonzero(~finite | (diff > tolerance)))
+        labels = (model, primary.version, shadow.version)
+        if disagreed:
+            metrics.SHADOW_AGREEMENT.labels(*labels, "disagree").inc(disagreed)
+        if len(diff) > disagreed:
+            metrics.SHADOW_AGREEMENT.labels(*labels, "agree").inc(len(diff) - disagreed)
+        histogram = metrics.SHADOW_ABS_DIFF.labels(*labels)
+        for value in diff[finite].tolist():
+            histogram.observe(value)
+        self.router.tally.comparison(
+            model,
+            self.router.window_s(model),
+            slot,
+            rows=len(diff),
+            disagreed=disagreed,
+            diff=float(diff[finite].sum()),
+            now=time.time(),
+        )
+
+    # ---- model lifecycle -----------------------------------------------------------
+
+    def loaded(self, model: str) -> list[str]:
+        return list(self.repository.models[model].versions)
+
+    async def install(self, mv: ModelVersion) -> None:
+        """Serve `mv` (opened and warmed up) from now on; a version it replaces drains first."""
+        served = self._prepare(mv, self._batching)
+        self.repository.add(mv)
+        old = self._served.get((mv.model, mv.version))
+        self._served[(mv.model, mv.version)] = served
+        if old is not None:
+            await self._retire(old)
+
+    async def uninstall(self, model: str, version: str) -> None:
+        """Stop serving `version`; requests already on it finish first."""
+        old = self._served.pop((model, version))
+        self.repository.remove(model, version)
+        await self._retire(old)
+
+    async def _retire(self, served: Served) -> None:
+        if served.inflight:
+            served.drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(served.drained.wait(), DRAIN_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "%s version %s: %d requests still running after %.0f s; closing anyway",
+                    served.mv.model,
+                    served.mv.version,
+                    served.inflight,
+                    DRAIN_TIMEOUT_S,
+                )
+        if served.batcher is not None:
+            await served.batcher.close()
+        await served.mv.backend.close()
+
+    # ---- the request path ----------------------------------------------------------
+
     async def _run(
+        self,
+        served: Served,
+        decision: Decision,
+        inputs: dict[str, np.ndarray],
+        entity_ids: list[str] | None,
+        overrides: Mapping[str, Any] | None,
+        request_id: str,
+        scheduling: Scheduling,
+    ) -> Prediction:
+        started = time.perf_counter()
+        with self._lease(served):
+            try:
+                prediction, verdict = await self._predict(
+                    served, inputs, entity_ids, overrides, request_id, scheduling, started
+                )
+            except Exception as exc:
+                self._tally(served, decision, started, error=server_side(exc), flagged=False)
+                raise
+        prediction.route = decision.route
+        self._tally(
+            served, decision, started, error=verdict.rejected, flagged=bool(prediction.flags)
+        )
+        # A refused prediction is recorded too: what the model said and why it was refused.
+        if self.audit is not None:
+            self.audit.submit(audit_record(prediction))
+        if verdict.rejected:
+            raise Unprocessable(f"prediction refused by its output contract: {verdict.rejection}")
+        self._mirror(served, decision, prediction)
+        return prediction
+
+    async def _predict(
         self,
         served: Served,
         inputs: dict[str, np.ndarray],
         entity_ids: list[str] | None,
         overrides: Mapping[str, Any] | None,
-        request_id: str | None,
+        request_id: str,
         scheduling: Scheduling,
-    ) -> Prediction:
-        started = time.perf_counter()
+        started: float,
+    ) -> tuple[Prediction, Verdict]:
         features: list[ViewRows] = []
         if entity_ids is not None and served.plan is not None:
             features = await self._fetch(served.plan, entity_ids)
@@ -342,7 +602,7 @@ class Gateway:
             outputs = verdict.outputs
         done = time.perf_counter()
         prediction = Prediction(
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id,
             model=served.mv.model,
             version=served.mv.version,
             outputs=outputs,
@@ -357,12 +617,7 @@ class Gateway:
             flags=verdict.reasons,
             row_flags=verdict.row_flags,
         )
-        # A refused prediction is recorded too: what the model said and why it was refused.
-        if self.audit is not None:
-            self.audit.submit(audit_record(prediction))
-        if verdict.rejected:
-            raise Unprocessable(f"prediction refused by its output contract: {verdict.rejection}")
-        return prediction
+        return prediction, verdict
 
     async def _score(
         self, served: Served, inputs: dict[str, np.ndarray], scheduling: Scheduling
@@ -384,8 +639,9 @@ class Gateway:
         guard = served.guard
         assert guard.fallback_version is not None
         fallback = self.served(served.mv.model, guard.fallback_version)
-        scores = await self._score(fallback, guard.fallback_inputs(inputs, verdict), scheduling)
-        checked = fallback.guard.check(scores)
+        with self._lease(fallback):
+            scores = await self._score(fallback, guard.fallback_inputs(inputs, verdict), scheduling)
+            checked = fallback.guard.check(scores)
         if checked.rejected:
             raise Unprocessable(
                 f"prediction refused by its output contract, and by its fallback version "
@@ -488,6 +744,7 @@ def audit_record(p: Prediction) -> AuditRecord:
         model=p.model,
         version=p.version,
         route=p.route,
+        paired_with=p.paired_with,
         entity_ids=p.entity_ids,
         features={rows.view.name: (rows.values, rows.status) for rows in p.features},
         inputs=p.inputs,
@@ -495,6 +752,32 @@ def audit_record(p: Prediction) -> AuditRecord:
         flags=p.flags,
         latency_us=p.latency_us,
     )
+
+
+@dataclass(slots=True, frozen=True)
+class ShadowJob:
+    primary: Prediction
+    version: str
+
+
+def server_side(exc: Exception) -> bool:
+    """Whether a failure is the version's doing (it counts against a canary), not the client's."""
+    if not isinstance(exc, GatewayError):
+        return True
+    return exc.http_status >= 500 or isinstance(exc, Unprocessable)
+
+
+def abs_diff(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """Per row, the largest absolute difference between two answers' shared numeric outputs
+    (NaN where either is not finite); None when they share none of the same shape."""
+    rows: np.ndarray | None = None
+    for name, x in a.items():
+        y = b.get(name)
+        if y is None or y.shape != x.shape or x.dtype.kind not in "biuf" or not x.ndim:
+            continue
+        diff = np.abs(x.astype(np.float64) - y.astype(np.float64)).reshape(len(x), -1).max(axis=1)
+        rows = diff if rows is None else np.maximum(rows, diff)
+    return rows
 
 
 def expected_inputs(served: Served) -> list[str]:

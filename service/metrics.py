@@ -131,6 +131,66 @@ AUDIT_LAG = Gauge(
 )
 
 
+# Routing: canary, A/B arms, shadows and overrides (route: primary, canary, shadow, override or
+# an arm's name from config.yaml). Comparisons pair a shadow version with the primary's version
+# (baseline); both are versions, so bounded.
+ROUTED = Counter(
+    "mlgate_routed_total",
+    "Predictions by the version and route that served them; outcome ok, flagged or error.",
+    ["model", "version", "route", "outcome"],
+)
+ROUTED_LATENCY = Histogram(
+    "mlgate_routed_duration_seconds",
+    "Time from features to guarded outputs of one prediction, by route (shadows included).",
+    ["model", "version", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+SHADOW_DROPPED = Counter(
+    "mlgate_shadow_dropped_total",
+    "Shadow copies dropped because the shadow queue was full.",
+    ["model", "version"],
+)
+SHADOW_QUEUE_DEPTH = Gauge(
+    "mlgate_shadow_queue_depth",
+    "Shadow copies waiting for a shadow worker.",
+    multiprocess_mode="livesum",
+)
+SHADOW_AGREEMENT = Counter(
+    "mlgate_shadow_rows_total",
+    "Rows scored by a shadow version and compared with the primary answer; outcome agree or "
+    "disagree (any output further apart than the model's agreement_tolerance).",
+    ["model", "baseline", "version", "outcome"],
+)
+SHADOW_ABS_DIFF = Histogram(
+    "mlgate_shadow_abs_diff",
+    "Per row, the largest absolute difference between a shadow output and the primary's.",
+    ["model", "baseline", "version"],
+    buckets=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+CANARY_WEIGHT = Gauge(
+    "mlgate_canary_weight",
+    "The share of traffic routed to the canary version (0 after a rollback).",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+ROLLBACKS = Counter(
+    "mlgate_rollbacks_total",
+    "Canaries taken out of traffic by guarded rollout, by the threshold crossed "
+    "(error_rate, flag_rate, p99_ratio, disagreement).",
+    ["model", "version", "reason"],
+)
+POLICY_CHANGES = Counter(
+    "mlgate_policy_changes_total",
+    "Routing policy and model lifecycle changes made by this process, by action.",
+    ["model", "action"],
+)
+MODEL_LIFECYCLE = Counter(
+    "mlgate_model_lifecycle_total",
+    "Model versions loaded, reloaded and unloaded at runtime; outcome ok or failed.",
+    ["model", "version", "action", "outcome"],
+)
+
+
 # Looking up a labelled child costs a few microseconds; the request path asks for the same
 # few label sets over and over, so it goes through these caches.
 @lru_cache(maxsize=4096)
@@ -154,3 +214,18 @@ def feature_fetch_latency(store: str) -> HistogramChild:
 @lru_cache(maxsize=1024)
 def feature_rows(view: str, status: str) -> CounterChild:
     return FEATURE_ROWS.labels(view, status)
+
+
+@lru_cache(maxsize=1024)
+def routed(model: str, version: str, route: str, outcome: str) -> CounterChild:
+    return ROUTED.labels(model, version, route, outcome)
+
+
+@lru_cache(maxsize=1024)
+def routed_latency(model: str, version: str, route: str) -> HistogramChild:
+    return ROUTED_LATENCY.labels(model, version, route)
+
+
+@lru_cache(maxsize=256)
+def shadow_dropped(model: str, version: str) -> CounterChild:
+    return SHADOW_DROPPED.labels(model, version)

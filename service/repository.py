@@ -45,6 +45,7 @@ from service.batching import BatchingConfig
 from service.guard import GuardConfig, guard_config_errors
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.protocol.errors import GatewayError, NotFound
+from service.routing import RoutingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,9 @@ class ModelConfig(BaseModel):
     dynamic_batching: BatchingConfig | None = None
     # After outputs: its validator checks the fallback defaults against them.
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    # Stable, canary, shadow and A/B arms (service.routing); absent: every request on the
+    # default version.
+    routing: RoutingConfig | None = None
 
     @field_validator("default_version")
     @classmethod
@@ -201,6 +205,18 @@ class ModelConfig(BaseModel):
                 f"{value!r} is not a version; versions are directories named by digits"
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_stable(self) -> Self:
+        routing = self.routing
+        if routing is None or routing.stable is None or self.default_version is None:
+            return self
+        if routing.stable != self.default_version:
+            raise ValueError(
+                f"routing.stable '{routing.stable}' differs from default_version "
+                f"'{self.default_version}'; give one of them"
+            )
+        return self
 
     @field_validator("version_backends")
     @classmethod
@@ -296,10 +312,20 @@ class Repository:
     """The loaded models; every version has a warmed-up backend."""
 
     def __init__(
-        self, models: dict[str, Model], owned_executor: ThreadPoolExecutor | None = None
+        self,
+        models: dict[str, Model],
+        owned_executor: ThreadPoolExecutor | None = None,
+        *,
+        root: Path | None = None,
+        views: Mapping[str, FeatureViewLike] | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.models = models
         self._owned_executor = owned_executor
+        # Where versions loaded at runtime come from (open_version).
+        self.root = root
+        self._views = views
+        self._executor = executor
 
     @classmethod
     async def load(
@@ -330,7 +356,13 @@ class Repository:
         )
         # Triton's clients belong to the event loop, so their versions open here.
         finished = await asyncio.gather(*(_finish(o) for o in opened), return_exceptions=True)
-        repository = cls({m.name: m for m in finished if isinstance(m, Model)}, owned)
+        repository = cls(
+            {m.name: m for m in finished if isinstance(m, Model)},
+            owned,
+            root=root,
+            views=views,
+            executor=executor,
+        )
         try:
             _raise_errors(finished)
             versions = [v for m in repository.models.values() for v in m.versions.values()]
@@ -359,6 +391,38 @@ class Repository:
                 f"unknown model '{model}'; available: {', '.join(sorted(self.models))}"
             ) from None
         return found.get(version)
+
+    async def open_version(self, model: str, version: str) -> ModelVersion:
+        """`version` of `model` as its directory and config.yaml are now, opened and warmed up
+        but not added: the caller swaps it in. ConfigError says what keeps it from serving."""
+        if self.root is None or self._executor is None:
+            raise ConfigError("this repository was not loaded from a directory")
+        config_path = self.root / model / CONFIG_FILE
+        if not config_path.is_file():
+            raise ConfigError(f"{config_path}: no such file")
+        loop = asyncio.get_running_loop()
+        opened = await loop.run_in_executor(
+            self._executor, _open_model, config_path, self._views, self._executor, version
+        )
+        found = (await opened.finish()).versions.get(version)
+        if found is None:
+            raise ConfigError(f"{config_path.parent / version}: no version '{version}' to load")
+        try:
+            await _warm_up(found)
+        except BaseException:
+            await found.backend.close()
+            raise
+        return found
+
+    def add(self, version: ModelVersion) -> None:
+        """List `version` from now on, in place of the one of that name (the caller closes it)."""
+        model = self.models[version.model]
+        model.versions[version.version] = version
+        model.versions = dict(sorted(model.versions.items(), key=lambda item: int(item[0])))
+
+    def remove(self, model: str, version: str) -> ModelVersion:
+        """Stop listing `version` (still open: the caller drains and closes it)."""
+        return self.models[model].versions.pop(version)
 
     async def close(self) -> None:
         for model in self.models.values():
@@ -599,9 +663,13 @@ async def _finish(opened: _OpenedModel | BaseException) -> Model:
 
 
 def _open_model(
-    config_path: Path, views: Mapping[str, FeatureViewLike] | None, executor: ThreadPoolExecutor
+    config_path: Path,
+    views: Mapping[str, FeatureViewLike] | None,
+    executor: ThreadPoolExecutor,
+    only: str | None = None,
 ) -> _OpenedModel:
-    """Read and check one model and open (without warming up) its onnxruntime versions."""
+    """Read and check one model and open (without warming up) its onnxruntime versions, or
+    just version `only`."""
     config = read_config(config_path)
     errors = []
     directory = config_path.parent.name
@@ -622,7 +690,8 @@ def _open_model(
         )
         errors.append(f"{config_path}: no versions; expected {expected}")
         raise ConfigError("\n".join(errors))
-    default_version = config.default_version or found.names[-1]
+    stable = config.routing.stable if config.routing is not None else None
+    default_version = config.default_version or stable or found.names[-1]
     if default_version not in found.names:
         missing = (
             f"has no {MODEL_FILE}"
@@ -639,9 +708,27 @@ def _open_model(
             f"{config_path}: guard.fallback.version: '{fallback.version}' is not a version; "
             f"available: {', '.join(found.names)}"
         )
+    if config.routing is not None and config.routing.stable is None:
+        # The stable version defaults to default_version: check the section with it filled in.
+        try:
+            RoutingConfig.model_validate(config.routing.model_dump() | {"stable": default_version})
+        except ValidationError as exc:
+            errors += [
+                f"{_describe(config_path, error)} (routing.stable defaults to "
+                f"'{default_version}'; set it)"
+                for error in exc.errors()
+            ]
+    routed = config.routing.versions() if config.routing is not None else set()
+    errors += [
+        f"{config_path}: routing: version '{version}' is not a version; "
+        f"available: {', '.join(found.names)}"
+        for version in sorted(routed - set(found.names), key=int)
+    ]
 
     versions = {}
     for version, path in found.onnx.items():
+        if only is not None and version != only:
+            continue
         try:
             backend = OnnxBackend(path, config.onnxruntime, executor)
         except GatewayError as exc:
@@ -652,7 +739,8 @@ def _open_model(
             errors += graph_errors
             continue
         versions[version] = ModelVersion(config.name, version, config, path, backend)
-    return _OpenedModel(config_path, config, default_version, versions, found.triton, errors)
+    triton = {v: t for v, t in found.triton.items() if only is None or v == only}
+    return _OpenedModel(config_path, config, default_version, versions, triton, errors)
 
 
 def _graph_errors(

@@ -38,12 +38,40 @@ class Settings(BaseSettings):
     audit: str = "file://.mlgate/audit.log"
     # Spill files for audit records the sink could not take (drained back when it returns).
     audit_spill_dir: Path = Path(".mlgate/spill")
+    # Where every process finds the routing policies and rollout counts: memory:// (this process
+    # only), file:///path.json (processes of one host) or redis://host:port/db. Unset: memory://,
+    # or with several workers a policy file in a temporary directory.
+    policy_store: str | None = None
+    # The admin API's bearer token (MLGATE_ADMIN_TOKEN), or a file of tokens, one a line, each
+    # `name:token` or a bare token. Without either the admin API refuses every call.
+    admin_token: str | None = Field(default=None, repr=False)
+    admin_token_file: Path | None = None
+    # A YAML file of {model: routing section} that takes the place of config.yaml's sections
+    # (rollout policy kept apart from the model repository).
+    routing: Path | None = None
+    # Poll the model repository this often for versions added, removed or changed; 0: no watch.
+    watch_models_s: float = Field(default=0.0, ge=0.0)
+    # Shadow copies waiting beyond this many are dropped (and counted).
+    shadow_queue_size: int = Field(default=1024, ge=1)
+    # Shadow copies scored at once; below inference_threads, so primaries always find a thread.
+    shadow_concurrency: int = Field(default=2, ge=1)
 
     @field_validator("feature_store")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
         if not url.startswith(("memory://", "redis://", "rediss://")):
             raise ValueError(f"{url!r}: expected memory://, redis://host:port/db or rediss://…")
+        return url
+
+    @field_validator("policy_store")
+    @classmethod
+    def _known_store(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(
+            ("memory://", "file://", "redis://", "rediss://")
+        ):
+            raise ValueError(
+                f"{url!r}: expected memory://, file:///path.json or redis://host:port/db"
+            )
         return url
 
     @property

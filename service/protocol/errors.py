@@ -46,6 +46,13 @@ class Unprocessable(GatewayError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class Conflict(GatewayError):
+    """The request contradicts the current state (e.g. unloading a version still routed to)."""
+
+    http_status = 409
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class Overloaded(GatewayError):
     """A queue is full: retry later."""
 

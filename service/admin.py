@@ -1,0 +1,176 @@
+"""The admin API: routing policies, promotion, rollback and model versions, behind a token.
+
+    GET    /admin/models                                   every model: policy, window, history
+    GET    /admin/models/{model}
+    PUT    /admin/models/{model}/routing                   replace the routing section
+    PATCH  /admin/models/{model}/routing                   change the fields given
+    POST   /admin/models/{model}/promote                   {"version": "1"}; default the canary
+    POST   /admin/models/{model}/rollback                  {"reason": "..."}: canary weight to 0
+    POST   /admin/models/{model}/versions/{version}/load   | unload | reload
+
+Every call carries `Authorization: Bearer <token>`. Tokens come from MLGATE_ADMIN_TOKEN (named
+"admin") or --admin-token-file (a line per token: `name:token`, or a bare token named by its
+line). A missing or malformed header is 401, a wrong token 403, neither saying more. Each
+change is logged with who made it (token name and client address) and the policy before and
+after, and kept in the model's history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response
+
+from service.lifecycle import Lifecycle
+from service.protocol import json_codec
+from service.protocol.errors import InvalidInput
+from service.settings import Settings
+
+JSON = "application/json"
+# Admin bodies are a routing section at most.
+MAX_BODY_BYTES = 64 << 10
+
+
+class Unauthenticated(Exception):
+    """No bearer token, or not one."""
+
+
+class Forbidden(Exception):
+    """A bearer token that is none of the configured ones."""
+
+
+def load_tokens(settings: Settings) -> list[tuple[str, bytes]]:
+    """(name, sha256 of the token) of every token allowed."""
+    tokens: list[tuple[str, str]] = []
+    if settings.admin_token:
+        tokens.append(("admin", settings.admin_token))
+    if settings.admin_token_file is not None:
+        lines = settings.admin_token_file.read_text().splitlines()
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, token = line.partition(":")
+            tokens.append((name.strip(), token.strip()) if sep else (f"line{number}", line))
+    return [(name, _digest(token)) for name, token in tokens if token]
+
+
+def _digest(token: str) -> bytes:
+    # Equal-length digests: compare_digest then takes the same time whatever the guess.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def install_admin(app: FastAPI, settings: Settings) -> None:
+    """Mount the admin routes and their 401/403 answers on `app`."""
+    tokens = load_tokens(settings)
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(request: Request, exc: Unauthenticated) -> Response:
+        return Response(
+            b'{"error":"unauthorized"}',
+            401,
+            media_type=JSON,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        return Response(b'{"error":"forbidden"}', 403, media_type=JSON)
+
+    app.include_router(admin_router(tokens))
+
+
+def caller(request: Request, tokens: list[tuple[str, bytes]]) -> str:
+    """Who is calling, `name@address`; Unauthenticated or Forbidden otherwise."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated()
+    given = _digest(token.strip())
+    found = None
+    # Every token is compared, so the time taken says nothing about which one matched.
+    for name, digest in tokens:
+        if hmac.compare_digest(given, digest):
+            found = name
+    if found is None:
+        raise Forbidden()
+    client = request.client.host if request.client is not None else "unknown"
+    return f"{found}@{client}"
+
+
+def admin_router(tokens: list[tuple[str, bytes]]) -> APIRouter:
+    router = APIRouter(prefix="/admin")
+
+    def lifecycle(request: Request) -> Lifecycle:
+        found: Lifecycle = request.app.state.lifecycle
+        return found
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise InvalidInput(f"admin request bodies are at most {MAX_BODY_BYTES} bytes")
+        doc = json_codec.loads(raw) if raw.strip() else {}
+        if not isinstance(doc, dict):
+            raise InvalidInput("the body must be a JSON object")
+        return doc
+
+    async def answer(request: Request, model: str) -> Response:
+        doc = await lifecycle(request).describe(model)
+        return Response(json_codec.dumps(doc), media_type=JSON)
+
+    @router.get("/models")
+    async def models(request: Request) -> Response:
+        caller(request, tokens)
+        life = lifecycle(request)
+        docs = [await life.describe(model) for model in life.models()]
+        return Response(json_codec.dumps({"models": docs}), media_type=JSON)
+
+    @router.get("/models/{model}")
+    async def model(request: Request, model: str) -> Response:
+        caller(request, tokens)
+        lifecycle(request).policy(model)
+        return await answer(request, model)
+
+    @router.put("/models/{model}/routing")
+    @router.patch("/models/{model}/routing")
+    async def routing(request: Request, model: str) -> Response:
+        who = caller(request, tokens)
+        section = await body(request)
+        await lifecycle(request).set_routing(model, who, section, merge=request.method == "PATCH")
+        return await answer(request, model)
+
+    @router.post("/models/{model}/promote")
+    async def promote(request: Request, model: str) -> Response:
+        who = caller(request, tokens)
+        version = (await body(request)).get("version")
+        if version is not None and not isinstance(version, str | int):
+            raise InvalidInput("'version' must be a version name")
+        await lifecycle(request).promote(model, who, None if version is None else str(version))
+        return await answer(request, model)
+
+    @router.post("/models/{model}/rollback")
+    async def rollback(request: Request, model: str) -> Response:
+        who = caller(request, tokens)
+        reason = (await body(request)).get("reason") or "rolled back by hand"
+        await lifecycle(request).rollback(model, who, str(reason))
+        return await answer(request, model)
+
+    @router.post("/models/{model}/versions/{version}/{action}")
+    async def version_action(request: Request, model: str, version: str, action: str) -> Response:
+        who = caller(request, tokens)
+        life = lifecycle(request)
+        if not (version.isascii() and version.isdigit()):
+            raise InvalidInput(f"{version!r} is not a version; versions are named by digits")
+        if action == "load":
+            await life.load(model, version, who)
+        elif action == "unload":
+            await life.unload(model, version, who)
+        elif action == "reload":
+            await life.reload(model, version, who)
+        else:
+            raise InvalidInput(f"unknown action '{action}'; use load, unload or reload")
+        return await answer(request, model)
+
+    return router

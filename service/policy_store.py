@@ -1,0 +1,340 @@
+"""Where every gateway process finds the routing policies and the rollout windows' counts.
+
+    memory://            one process: the policies and counts live in it
+    file:///path.json    processes on one host: a JSON file under a lock, polled for changes;
+                         each process writes its counts beside it (<path>.windows/<pid>.json)
+    redis://host:port/db Redis: a key per policy, a pub/sub message per change, counts in
+                         hashes that expire with their window
+
+A policy is a JSON object the store does not interpret; `update` replaces one atomically
+(read, change, write under a lock or WATCH), so two processes changing the same policy at once
+never lose a change. Counters are per window bucket, `{key: {field: value}}`, summed across
+processes on read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, WatchError
+
+log = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+# Called with a model whose policy changed, or None when any may have (after a reconnect).
+OnChange = Callable[[str | None], Awaitable[None]]
+Change = Callable[[Doc | None], Doc | None]
+
+FILE_POLL_S = 0.1
+# Redis: re-read every policy this often even without a message, in case one was missed.
+REDIS_RESYNC_S = 5.0
+_REDIS_PREFIX = "mlgate:routing:"
+
+
+class PolicyStore(ABC):
+    kind: str
+
+    @abstractmethod
+    async def start(self, on_change: OnChange) -> None:
+        """Begin telling `on_change` about changes made by any process."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def read(self, model: str) -> Doc | None: ...
+
+    @abstractmethod
+    async def update(self, model: str, change: Change) -> Doc | None:
+        """Store change(current) atomically and return it; None from `change` keeps the current
+        policy, which is returned. `change` may raise, leaving the store as it was."""
+
+    @abstractmethod
+    async def add_counts(self, counts: Mapping[str, Mapping[str, float]], ttl_s: float) -> None:
+        """Add this process's counts; each key is forgotten `ttl_s` after its last addition."""
+
+    @abstractmethod
+    async def read_counts(self, keys: list[str]) -> dict[str, float]:
+        """The fields of `keys`, summed over keys and processes."""
+
+
+def open_policy_store(url: str) -> PolicyStore:
+    if url.startswith("memory://"):
+        return MemoryPolicyStore()
+    if url.startswith("file://"):
+        return FilePolicyStore(Path(url.removeprefix("file://")))
+    if url.startswith(("redis://", "rediss://")):
+        return RedisPolicyStore(url)
+    raise ValueError(f"{url!r}: expected memory://, file:///path or redis://host:port/db")
+
+
+class _Counts:
+    """One process's counters: {key: (expires at, {field: value})}."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, dict[str, float]]] = {}
+
+    def add(self, counts: Mapping[str, Mapping[str, float]], ttl_s: float) -> None:
+        now = time.time()
+        self.entries = {k: e for k, e in self.entries.items() if e[0] > now}
+        for key, fields in counts.items():
+            _, held = self.entries.get(key, (0.0, {}))
+            for name, value in fields.items():
+                held[name] = held.get(name, 0.0) + value
+            self.entries[key] = (now + ttl_s, held)
+
+
+def _sum_into(total: dict[str, float], fields: Mapping[str, float]) -> None:
+    for name, value in fields.items():
+        total[name] = total.get(name, 0.0) + value
+
+
+class MemoryPolicyStore(PolicyStore):
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self._docs: dict[str, Doc] = {}
+        self._counts = _Counts()
+
+    async def start(self, on_change: OnChange) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def read(self, model: str) -> Doc | None:
+        return self._docs.get(model)
+
+    async def update(self, model: str, change: Change) -> Doc | None:
+        new = change(self._docs.get(model))
+        if new is not None:
+            self._docs[model] = new
+        return self._docs.get(model)
+
+    async def add_counts(self, counts: Mapping[str, Mapping[str, float]], ttl_s: float) -> None:
+        self._counts.add(counts, ttl_s)
+
+    async def read_counts(self, keys: list[str]) -> dict[str, float]:
+        total: dict[str, float] = {}
+        now = time.time()
+        for key in keys:
+            entry = self._counts.entries.get(key)
+            if entry is not None and entry[0] > now:
+                _sum_into(total, entry[1])
+        return total
+
+
+class FilePolicyStore(PolicyStore):
+    """A JSON file of {model: policy}; changed under an exclusive lock, replaced atomically."""
+
+    kind = "file"
+
+    def __init__(self, path: Path, writer: str | None = None) -> None:
+        self.path = path
+        self._lock = path.with_name(path.name + ".lock")
+        self._counts_dir = path.with_name(path.name + ".windows")
+        # Each process writes its counts to a file of its own, named by its pid by default.
+        self._own_counts = self._counts_dir / f"{writer or os.getpid()}.json"
+        self._counts = _Counts()
+        self._seen: dict[str, Doc] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self, on_change: OnChange) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._counts_dir.mkdir(exist_ok=True)
+        self._seen = await asyncio.to_thread(self._read_all)
+        self._watcher = asyncio.create_task(self._watch(on_change))
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    async def _watch(self, on_change: OnChange) -> None:
+        while True:
+            await asyncio.sleep(FILE_POLL_S)
+            try:
+                stamp = _stamp(self.path)
+                if stamp == self._stamp:
+                    continue
+                self._stamp = stamp
+                docs = await asyncio.to_thread(self._read_all)
+            except (OSError, ValueError) as exc:
+                log.warning("policy file %s unreadable: %s", self.path, exc)
+                continue
+            changed = [m for m, doc in docs.items() if self._seen.get(m) != doc]
+            self._seen = docs
+            for model in changed:
+                await on_change(model)
+
+    def _read_all(self) -> dict[str, Doc]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        models: dict[str, Doc] = data.get("models", {})
+        return models
+
+    async def read(self, model: str) -> Doc | None:
+        return (await asyncio.to_thread(self._read_all)).get(model)
+
+    async def update(self, model: str, change: Change) -> Doc | None:
+        return await asyncio.to_thread(self._update, model, change)
+
+    def _update(self, model: str, change: Change) -> Doc | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            docs = self._read_all()
+            new = change(docs.get(model))
+            if new is None:
+                return docs.get(model)
+            docs[model] = new
+            _write_atomically(self.path, {"models": docs})
+            return new
+
+    async def add_counts(self, counts: Mapping[str, Mapping[str, float]], ttl_s: float) -> None:
+        self._counts.add(counts, ttl_s)
+        snapshot = {key: (at, dict(fields)) for key, (at, fields) in self._counts.entries.items()}
+        await asyncio.to_thread(self._write_counts, snapshot)
+
+    def _write_counts(self, entries: dict[str, tuple[float, dict[str, float]]]) -> None:
+        self._counts_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self._own_counts, entries)
+
+    async def read_counts(self, keys: list[str]) -> dict[str, float]:
+        return await asyncio.to_thread(self._read_counts, keys)
+
+    def _read_counts(self, keys: list[str]) -> dict[str, float]:
+        total: dict[str, float] = {}
+        now = time.time()
+        for path in self._counts_dir.glob("*.json"):
+            try:
+                entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # a process gone mid-write, or its file just replaced
+            for key in keys:
+                entry = entries.get(key)
+                if entry is not None and entry[0] > now:
+                    _sum_into(total, entry[1])
+        return total
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _write_atomically(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    os.replace(tmp, path)
+
+
+class RedisPolicyStore(PolicyStore):
+    """Policies at mlgate:routing:policy:<model>, changes announced on mlgate:routing:changes,
+    counts in hashes mlgate:routing:counts:<key>."""
+
+    kind = "redis"
+
+    def __init__(self, url: str) -> None:
+        self._client: Redis = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self._channel = f"{_REDIS_PREFIX}changes"
+        self._listener: asyncio.Task[None] | None = None
+
+    def _key(self, model: str) -> str:
+        return f"{_REDIS_PREFIX}policy:{model}"
+
+    async def start(self, on_change: OnChange) -> None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._channel)
+        self._listener = asyncio.create_task(self._listen(pubsub, on_change))
+
+    async def _listen(self, pubsub: Any, on_change: OnChange) -> None:
+        resync = time.monotonic() + REDIS_RESYNC_S
+        try:
+            while True:
+                try:
+                    message = await pubsub.get_message(timeout=1.0)
+                except (RedisError, OSError) as exc:
+                    log.warning("policy store: lost the change channel (%s); retrying", exc)
+                    await asyncio.sleep(1.0)
+                    resync = 0.0  # changes may have gone by unannounced
+                    continue
+                if message is not None and message["type"] == "message":
+                    await on_change(message["data"].decode())
+                if time.monotonic() >= resync:
+                    resync = time.monotonic() + REDIS_RESYNC_S
+                    await on_change(None)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._client.aclose()
+
+    async def read(self, model: str) -> Doc | None:
+        raw = await self._client.get(self._key(model))
+        return None if raw is None else dict(json.loads(raw))
+
+    async def update(self, model: str, change: Change) -> Doc | None:
+        key = self._key(model)
+        async with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    current = None if raw is None else dict(json.loads(raw))
+                    new = change(current)
+                    if new is None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return current
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, json.dumps(new, separators=(",", ":")))
+                    pipe.publish(self._channel, model)
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue  # another process changed it between our read and write
+
+    async def add_counts(self, counts: Mapping[str, Mapping[str, float]], ttl_s: float) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for key, fields in counts.items():
+            name = f"{_REDIS_PREFIX}counts:{key}"
+            for field, value in fields.items():
+                if float(value).is_integer():
+                    pipe.hincrby(name, field, int(value))
+                else:
+                    pipe.hincrbyfloat(name, field, value)
+            pipe.expire(name, math.ceil(ttl_s))
+        await pipe.execute()
+
+    async def read_counts(self, keys: list[str]) -> dict[str, float]:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(f"{_REDIS_PREFIX}counts:{key}")
+        total: dict[str, float] = {}
+        for fields in await pipe.execute():
+            _sum_into(total, {k.decode(): float(v) for k, v in fields.items()})
+        return total
