@@ -22,6 +22,9 @@ class GatewayConfig:
     """grpc: the gateway also serves gRPC (--grpc-port) and the load goes there."""
     compare_to: str | None = None
     """A configuration this one differs from by one thing: the page shows their ratios."""
+    triton: bool = False
+    """True: fraud_mlp's default version is served by a tritonserver the suite starts and also
+    measures directly (loadtests/triton.py); skipped where `make triton-venv` has not run."""
 
 
 CONFIGS: dict[str, GatewayConfig] = {
@@ -49,10 +52,26 @@ CONFIGS: dict[str, GatewayConfig] = {
             compare_to="baseline",
         ),
         GatewayConfig(
+            "shadow-100",
+            "every fraud_mlp request mirrored to version 1 after its answer (--routing "
+            "loadtests/shadow.yaml); baseline mirrors nothing",
+            serve_args=("--routing", "loadtests/shadow.yaml"),
+            scenarios=("predict-1", "predict-8-zipf"),
+            compare_to="baseline",
+        ),
+        GatewayConfig(
             "workers-2",
             "two worker processes (uvicorn --workers)",
             serve_args=("--workers", "2"),
             scenarios=("predict-8-zipf",),
+        ),
+        GatewayConfig(
+            "triton",
+            "fraud_mlp's default version, 3, served by Triton over gRPC (the same model.onnx"
+            " as version 2, which baseline runs in-process)",
+            scenarios=("predict-1", "predict-8-zipf"),
+            compare_to="baseline",
+            triton=True,
         ),
     )
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from loadtests.report import ms
 from loadtests.workloads import SCENARIOS
 
@@ -35,6 +37,8 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
         "mlgate bench run --url http://127.0.0.1:8000 --scenario mix --rate 500 --poisson",
         "mlgate bench run --url grpc://127.0.0.1:8001 --scenario v2-dense-1 --procs 2",
         "mlgate bench ceiling          # the generator alone, against a trivial server",
+        "make triton-venv && mlgate bench suite --configs baseline,triton"
+        " --scenarios predict-1   # and Triton",
         "locust -f loadtests/locustfile.py --headless -u 8 -t 30s \\",
         "    --host http://127.0.0.1:8000 --mlgate-scenario predict-8-zipf HttpScenarioUser",
         "```",
@@ -94,6 +98,7 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     for config in results["configs"]:
         lines += _config_section(config, results["runs"], floor["total"])
     lines += _comparison_section(results["configs"], results["runs"])
+    lines += _triton_section(results)
     lines += [
         "",
         "## Latency against throughput",
@@ -206,6 +211,62 @@ def _comparison_section(configs: list[dict[str, Any]], runs: list[dict[str, Any]
     return lines
 
 
+def _triton_section(results: dict[str, Any]) -> list[str]:
+    """mlgate → Triton beside mlgate → onnxruntime and beside Triton called directly."""
+    triton = results.get("triton")
+    if triton is None:
+        return []
+    lines = ["", "## Triton: through mlgate, in-process, directly", ""]
+    if "skipped" in triton:
+        return [*lines, f"Not measured in this run: {triton['skipped']}."]
+    name = triton["config"]
+    other = next(c["compare_to"] for c in results["configs"] if c["name"] == name)
+    changes = yaml.safe_dump(triton["repository"], default_flow_style=None, sort_keys=False)
+    lines += [
+        "A tritonserver (pytriton's, on the CPU of this machine) serves fraud_mlp's"
+        f" model.onnx: `{triton['server']}`. The gateway `{name}` serves fraud_mlp's default"
+        " version from it over gRPC, from a copy of `models/` whose `fraud_mlp/config.yaml`"
+        " has these keys changed:",
+        "",
+        "```yaml",
+        changes.rstrip(),
+        "```",
+        "",
+        f"The gateway `{other}` runs the same model.onnx in-process with onnxruntime. "
+        "*Directly* sends Triton what the gateway sends it for each request of the scenario, "
+        "one V2 infer of as many FP32 feature rows as the request has entities, from the "
+        "generator's gRPC client (grpc.aio with tritonclient's messages, encoded beforehand, "
+        "on one channel), closed loop at the same concurrency; one run per point, as for the "
+        "ceiling. Directly against through mlgate is what the gateway adds: HTTP and JSON, "
+        "the Redis lookup, batching and its own gRPC call. pytriton puts the model behind "
+        "Triton's Python backend, whose stub process hands each batch over to onnxruntime in "
+        "pytriton's own process (zmq and shared memory): slower than Triton's native ONNX "
+        "Runtime backend would be.",
+        "",
+        f"| scenario | rows | concurrency | directly req/s | p99 ms | mlgate → Triton req/s"
+        f" | p99 ms | mlgate → onnxruntime ({other}) req/s | p99 ms | directly: command |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    by_key = {(r["config"], r["scenario"], r["concurrency"]): r for r in results["runs"]}
+    for point in triton["direct"]:
+        key = (point["scenario"], point["concurrency"])
+        cells = [
+            _rate_and_p99(point),
+            *(_rate_and_p99(by_key.get((c, *key))) for c in (name, other)),
+        ]
+        lines.append(
+            f"| {point['scenario']} | {point['rows']} | {point['concurrency']}"
+            f" | {' | '.join(cells)} | `{point['command']}` |"
+        )
+    return lines
+
+
+def _rate_and_p99(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "- | -"
+    return f"{run['throughput_rps']:.0f} | {ms(run['latency_us']['p99'])}"
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -214,8 +275,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     configs = [c["name"] for c in results["configs"]]
     floor = results["floor"]["parts_us"]["total"]
-    cols = min(2, len(configs))
-    rows = -(-len(configs) // cols)
+    # At least one panel, left empty where every configuration was skipped (Triton's alone).
+    cols = max(1, min(2, len(configs)))
+    rows = max(1, -(-len(configs) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.8 * rows), squeeze=False, sharey=True)
     flat = [ax for row in axes for ax in row]
     for ax in flat[len(configs) :]:

@@ -1,6 +1,7 @@
 """The benchmark suite: its own Redis, seeded; the gateway in each named configuration; the
 scenario matrix at several concurrencies; the floor and the generator's ceiling in the same
-run. Writes loadtests/results/<date>.json and regenerates docs/benchmarks.md and its plot.
+run; where `make triton-venv` has run, a tritonserver, measured through the gateway and
+directly. Writes loadtests/results/<date>.json and regenerates docs/benchmarks.md and its plot.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ from loadtests.report import ms
 from loadtests.runner import Job, execute
 from loadtests.seed import seed
 from loadtests.targets import Client
+from loadtests.triton import (
+    MISSING_VENV,
+    direct_scenario,
+    running_triton,
+    serve_args,
+    triton_config,
+    triton_python,
+    triton_repository,
+)
 from loadtests.workloads import SCENARIOS, Workload
 
 DEFAULT_SCENARIOS = (
@@ -53,6 +63,8 @@ FLOOR_SAMPLES = 3000
 # The addresses printed in reproducible commands; the suite itself uses free ports.
 DOC_URLS = {"http": "http://127.0.0.1:8000", "grpc": "grpc://127.0.0.1:8001"}
 DOC_REDIS = "redis://127.0.0.1:6379/0"
+DOC_TRITON_PORTS = {"grpc": 8101, "http": 8100}
+DOC_TRITON_MODELS = "/tmp/models-triton"
 
 
 @dataclass(frozen=True)
@@ -121,14 +133,18 @@ def run_suite(settings: SuiteSettings) -> Path:
         _say("floor:\n" + format_floor(floor))
         results["ceiling"] = ceiling(settings)
         for config in configs:
-            serve_args = _serve_args(settings, redis_url, config)
-            results["configs"].append(_describe(config, settings))
-            log = Path(logs) / f"{config.name}.log"
-            with gateway(serve_args, config.env, log, grpc=config.protocol == "grpc") as ports:
-                url = f"grpc://{HOST}:{ports.grpc}" if ports.grpc else f"http://{HOST}:{ports.http}"
-                metrics_url = f"http://{HOST}:{ports.http}/metrics"
-                for scenario in settings.scenarios or config.scenarios or DEFAULT_SCENARIOS:
-                    results["runs"] += measure(settings, config, scenario, url, metrics_url)
+            if not config.triton:
+                results["configs"].append(_describe(config, settings, str(settings.models)))
+                results["runs"] += measure_gateway(
+                    settings, config, redis_url, settings.models, Path(logs)
+                )
+            elif triton_python() is None:
+                _say(f"skipping {config.name}: {MISSING_VENV}")
+                results["triton"] = {"config": config.name, "skipped": MISSING_VENV}
+            else:
+                results["configs"].append(_describe(config, settings, DOC_TRITON_MODELS))
+                results["triton"], runs = measure_triton(settings, config, redis_url, Path(logs))
+                results["runs"] += runs
     results["elapsed_s"] = round(time.monotonic() - clock, 1)
     settings.results_dir.mkdir(parents=True, exist_ok=True)
     out = settings.results_dir / f"{started.strftime('%Y-%m-%dT%H%M%SZ')}.json"
@@ -159,6 +175,77 @@ def ceiling(settings: SuiteSettings) -> list[dict[str, Any]]:
                     {"client": label, "concurrency": level, "command": command} | result.summary()
                 )
                 _say(f"ceiling {label} c={level}: {_brief(result)}")
+    return points
+
+
+def measure_gateway(
+    settings: SuiteSettings, config: GatewayConfig, redis_url: str, models: Path, logs: Path
+) -> list[dict[str, Any]]:
+    """Each of the configuration's scenarios against one gateway serving `models`."""
+    serve_args = _serve_args(settings, redis_url, config, models)
+    log = logs / f"{config.name}.log"
+    runs = []
+    with gateway(serve_args, config.env, log, grpc=config.protocol == "grpc") as ports:
+        url = f"grpc://{HOST}:{ports.grpc}" if ports.grpc else f"http://{HOST}:{ports.http}"
+        metrics_url = f"http://{HOST}:{ports.http}/metrics"
+        for scenario in _scenarios(settings, config):
+            runs += measure(settings, config, scenario, url, metrics_url)
+    return runs
+
+
+def measure_triton(
+    settings: SuiteSettings, config: GatewayConfig, redis_url: str, logs: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A tritonserver of fraud_mlp's model.onnx; the gateway in `config` with fraud_mlp's
+    default version on it; then the server alone. Returns (the page's Triton section, the
+    gateway's runs)."""
+    model = settings.models / "fraud_mlp" / "2" / "model.onnx"
+    started = time.monotonic()
+    with running_triton(model, logs) as server:
+        _say(f"tritonserver ready in {time.monotonic() - started:.1f} s")
+        models = triton_repository(settings.models, logs / "models-triton", server.grpc)
+        runs = measure_gateway(settings, config, redis_url, models, logs)
+        direct = measure_direct(settings, config, server.grpc)
+    ports = DOC_TRITON_PORTS
+    args = serve_args(model, ports["grpc"], ports["http"], "/tmp/pytriton", only_fraud_mlp=True)
+    section = {
+        "config": config.name,
+        "server": " ".join([".venv-triton/bin/python -P loadtests/triton_serve.py", *args]),
+        "repository": triton_config({}, f"{HOST}:{ports['grpc']}"),
+        "direct": direct,
+    }
+    return section, runs
+
+
+def measure_direct(
+    settings: SuiteSettings, config: GatewayConfig, endpoint: str
+) -> list[dict[str, Any]]:
+    """Triton alone, sent what the gateway sent it for each of the configuration's scenarios
+    (FP32 feature rows, V2 gRPC), by the generator's gRPC client at every concurrency level."""
+    # As the ceiling: one short run per point, with nothing but Triton and the generator at
+    # work, and no warm-up, Triton having just served the gateway; it keeps the suite's Triton
+    # part near a minute and a half.
+    duration_s = min(settings.duration_s, 2.0)
+    url = f"grpc://{endpoint}"
+    points = []
+    for scenario in _scenarios(settings, config):
+        dense = direct_scenario(SCENARIOS[scenario])
+        if dense is None:
+            continue
+        workload = Workload(dense, key_space=settings.entities)
+        for level in settings.concurrency:
+            result = execute(Job(url, workload, LoadSpec(concurrency=level, duration_s=duration_s)))
+            command = (
+                f"mlgate bench run --url grpc://{HOST}:{DOC_TRITON_PORTS['grpc']}"
+                f" --scenario {dense.name} --entities {dense.rows} --concurrency {level}"
+                f" --duration {duration_s:g}"
+            )
+            points.append(
+                {"scenario": scenario, "rows": dense.rows, "concurrency": level}
+                | {"command": command}
+                | result.summary()
+            )
+            _say(f"Triton direct, as {scenario} c={level}: {_brief(result)}")
     return points
 
 
@@ -229,10 +316,16 @@ def summarise(repeats: list[RunResult]) -> dict[str, Any]:
     }
 
 
-def _serve_args(settings: SuiteSettings, redis_url: str, config: GatewayConfig) -> list[str]:
+def _scenarios(settings: SuiteSettings, config: GatewayConfig) -> tuple[str, ...]:
+    return settings.scenarios or config.scenarios or DEFAULT_SCENARIOS
+
+
+def _serve_args(
+    settings: SuiteSettings, redis_url: str, config: GatewayConfig, models: Path
+) -> list[str]:
     return [
         "--models",
-        str(settings.models),
+        str(models),
         "--views",
         str(settings.views),
         "--feature-store",
@@ -243,9 +336,9 @@ def _serve_args(settings: SuiteSettings, redis_url: str, config: GatewayConfig) 
     ]
 
 
-def _describe(config: GatewayConfig, settings: SuiteSettings) -> dict[str, Any]:
+def _describe(config: GatewayConfig, settings: SuiteSettings, models: str) -> dict[str, Any]:
     grpc = ["--grpc-port", "8001"] if config.protocol == "grpc" else []
-    flags = " ".join([*grpc, "--models", str(settings.models), *config.serve_args])
+    flags = " ".join([*grpc, "--models", models, *config.serve_args])
     env = " ".join(f"{k}={v}" for k, v in config.env.items())
     command = f"mlgate serve --host 127.0.0.1 --port 8000 {flags} --feature-store {DOC_REDIS}"
     return {

@@ -1,6 +1,7 @@
 """Serve the demo ONNX model from a real tritonserver, through pytriton.
 
-Runs in the Triton test venv (`make triton-venv`), never in mlgate's: pytriton pins its own numpy.
+Runs in the Triton venv (`make triton-venv`), never in mlgate's: pytriton pins its own numpy.
+loadtests/triton.py starts it for the benchmark suite and the Triton backend's tests.
 Prints READY on stdout once every model is loaded, then serves until killed.
 
 Models, both with fraud_mlp's signature (features FP32 [-1, 32] -> probability FP32 [-1, 1]):
