@@ -44,7 +44,7 @@ test: $(STAMP) redis-server triton-venv lint typecheck
 models: $(STAMP)
 	$(BIN)/python -m models.build
 
-bench: $(STAMP) redis-server
+bench: $(STAMP) redis-server triton-venv
 	$(BIN)/mlgate bench suite
 
 clean:

@@ -303,7 +303,7 @@ class Gateway:
         return {
             "name": served.mv.model,
             "versions": sorted(self.repository.models[served.mv.model].versions, key=int),
-            "platform": "onnxruntime_onnx",
+            "platform": config.platform_of(served.mv.version),
             "inputs": [
                 {"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)}
                 for s in config.inputs

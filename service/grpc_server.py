@@ -29,7 +29,7 @@ from service.protocol.grpc_codec import (
     grpc_status,
     stream_error,
 )
-from service.repository import ModelConfig, TensorSpec
+from service.repository import PLATFORMS, ModelConfig, TensorSpec
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def model_config_message(config: ModelConfig) -> Message:
     """The part of Triton's ModelConfig that config.yaml determines, and nothing invented."""
     msg = model_config_pb2.ModelConfig(
         name=config.name,
-        platform="onnxruntime_onnx",
+        platform=PLATFORMS[config.backend],
         backend=config.backend,
         max_batch_size=config.max_batch_size,
         input=[model_config_pb2.ModelInput(**_tensor_config(s)) for s in config.inputs],

@@ -171,6 +171,7 @@ class OutputSpec(TensorSpec):
 
 
 BackendName = Literal["onnxruntime", "triton"]
+PLATFORMS: dict[str, str] = {"onnxruntime": "onnxruntime_onnx", "triton": "triton"}
 
 
 class ModelConfig(BaseModel):
@@ -228,6 +229,10 @@ class ModelConfig(BaseModel):
 
     def backend_of(self, version: str) -> BackendName:
         return self.version_backends.get(version, self.backend)
+
+    def platform_of(self, version: str) -> str:
+        """The V2 metadata `platform` of a version: what actually runs it."""
+        return PLATFORMS[self.backend_of(version)]
 
     @model_validator(mode="after")
     def _triton_configured(self) -> Self:

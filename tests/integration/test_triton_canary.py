@@ -137,3 +137,12 @@ def test_the_rollout_window_sees_the_canary_and_its_shadow_agreeing(
     shadow = routes["shadow/3"]
     assert shadow["rows_compared"] > 0 and shadow["agreement_rate"] == 1.0
     assert shadow["mean_abs_diff"] <= TOLERANCE
+
+
+def test_metadata_names_what_runs_each_version(gateway: GatewayProcess) -> None:
+    def platform(version: str) -> str:
+        url = f"{gateway.url}/v2/models/fraud_mlp/versions/{version}"
+        return str(httpx.get(url, timeout=10).json()["platform"])
+
+    assert platform("3") == "triton"
+    assert platform("2") == "onnxruntime_onnx"
