@@ -40,6 +40,8 @@ JSON = "application/json"
 TIMEOUT_HEADER = "x-mlgate-timeout-ms"
 
 T = TypeVar("T")
+# A request still unanswered after this long gets a watcher for its client's disconnect.
+WATCH_AFTER_S = 0.002
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -83,30 +85,42 @@ def header_deadline(request: Request) -> float | None:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client goes away first.
+    """Run `work` in this task, cancelled if the client goes away first.
 
-    A cancelled request still queued in a batcher leaves the queue and never runs.
+    A cancelled request still queued in a batcher leaves the queue and never runs. The
+    watcher starts only once the request has taken longer than WATCH_AFTER_S: most answers
+    come sooner, and a timer costs far less than the task it saves on the hot path.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    handler = asyncio.current_task()
+    assert handler is not None
+    watchers: list[asyncio.Task[None]] = []
+
+    def watch() -> None:
+        watchers.append(asyncio.create_task(_cancel_on_disconnect(request, handler)))
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if watchers and watchers[0].done() and not watchers[0].cancelled():
+            handler.uncancel()  # this cancellation is handled: it becomes ClientGone
+            raise ClientGone() from None
+        raise
     finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientGone()
-    return task.result()
+        timer.cancel()
+        for watcher in watchers:
+            watcher.cancel()
 
 
 class ClientGone(Exception):
     """The client disconnected before its answer; nobody is left to answer."""
 
 
-async def _disconnected(request: Request) -> None:
+async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any]) -> None:
     # The body is read already, so the next ASGI message is the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    handler.cancel()
 
 
 def create_app(settings: Settings) -> FastAPI:
