@@ -19,7 +19,7 @@ import asyncio
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -208,34 +208,38 @@ async def _tail_file(
     # Opened before the rotated files are read, so a rotation meanwhile loses nothing.
     current = _FileFollower(path)
     try:
-        for older in sink_files(path)[:-1]:
-            for payload in await asyncio.to_thread(_read_all, older):
-                r = decode_record(payload)
-                if where.matches(r):
-                    if kept is None:
-                        yield r
-                    else:
-                        kept.append(r)
-        while frames := await current.read():
-            for payload in frames:
-                r = decode_record(payload)
-                if where.matches(r):
-                    if kept is None:
-                        yield r
-                    else:
-                        kept.append(r)
+        async for r in _written(path, current, where):
+            if kept is None:
+                yield r
+            else:
+                kept.append(r)
         for r in kept or ():
             yield r
         while follow:
             frames = await current.read()
             if not frames:
                 await asyncio.sleep(_FOLLOW_POLL_S)
-            for payload in frames:
-                r = decode_record(payload)
-                if where.matches(r):
-                    yield r
+            for r in _matching(frames, where):
+                yield r
     finally:
         current.close()
+
+
+async def _written(path: Path, current: _FileFollower, where: Filter) -> AsyncIterator[AuditRecord]:
+    """The matching records already written: the rotated files, then the current one."""
+    for older in sink_files(path)[:-1]:
+        for r in _matching(await asyncio.to_thread(_read_all, older), where):
+            yield r
+    while frames := await current.read():
+        for r in _matching(frames, where):
+            yield r
+
+
+def _matching(payloads: Iterable[bytes], where: Filter) -> Iterator[AuditRecord]:
+    for payload in payloads:
+        record = decode_record(payload)
+        if where.matches(record):
+            yield record
 
 
 class _FileFollower:
