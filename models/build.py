@@ -53,11 +53,10 @@ class ModelSpec:
     # Set for a retraining of a shared base model: the weights are the base's (from this seed)
     # plus drift drawn from `seed`.
     base_seed: int | None = None
-    # Stored as FP16 (and cast back at load) to halve the committed size of the large models.
-    fp16_weights: bool = False
-    # The second hidden layer is applied this many times with the same (tied) weights: compute
-    # grows, the file does not, so batching pays off visibly on a CPU.
-    tied_repeats: int = 1
+    # Square hidden-to-hidden weights are computed in the graph from two vectors each (see
+    # `_generated_weight`) and folded into constants when onnxruntime loads the model: distinct,
+    # dense layers of any width from a file of kilobytes.
+    generated_weights: bool = False
 
 
 # Both fraud_mlp versions are the same base model plus seed-specific drift, like two retrainings
@@ -74,41 +73,81 @@ _LOGIT_STD = 1.5
 MODELS = (
     ModelSpec("fraud_mlp", "1", hidden=(64,), seed=1, base_seed=_FRAUD_BASE_SEED),
     ModelSpec("fraud_mlp", "2", hidden=(64,), seed=2, base_seed=_FRAUD_BASE_SEED),
-    ModelSpec(
-        "heavy_mlp",
-        "1",
-        hidden=(1024, 1024, 1024),
-        seed=3,
-        fp16_weights=True,
-        tied_repeats=8,
-    ),
+    # Eight distinct 2048x2048 layers (128 MB of FP32 weights once loaded): one row reads every
+    # weight from memory, a batch reads each weight once for all its rows, so on a CPU a row
+    # costs several times less in a batch of 64 than alone.
+    ModelSpec("heavy_mlp", "1", hidden=(2048,) * 9, seed=3, generated_weights=True),
 )
 
 
+@dataclass(frozen=True)
+class GeneratedWeight:
+    """W[i, j] = scale * sin(u[i] * v[j]), computed by the graph in FP32.
+
+    With phases spread over thousands of radians, neighbouring rows and columns are as good as
+    uncorrelated, and the entries have a variance of scale**2 / 2.
+    """
+
+    u: np.ndarray
+    v: np.ndarray
+    scale: np.float32
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, fan_in: int, fan_out: int) -> GeneratedWeight:
+        # He initialisation: a variance of 2 / fan_in.
+        return cls(
+            rng.uniform(-_PHASE_SPREAD, _PHASE_SPREAD, fan_in).astype(np.float32),
+            rng.uniform(0.5, 1.5, fan_out).astype(np.float32),
+            np.float32(np.sqrt(4.0 / fan_in)),
+        )
+
+    def materialise(self) -> np.ndarray:
+        """The matrix the graph computes (up to the last bits of FP32 sin)."""
+        phase: np.ndarray = self.u[:, None] * self.v[None, :]  # FP32, as the graph's Mul
+        return np.sin(phase.astype(np.float64)) * float(self.scale)
+
+
+# Phases stay below ~3e4 radians, where FP32 sin is still accurate to a few 1e-3.
+_PHASE_SPREAD = 20_000.0
+
+Weight = np.ndarray | GeneratedWeight
+
+
 def _layer_weights(
-    rng: np.random.Generator, sizes: list[int]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """He-initialised (weight, bias) pairs, so ReLU activations keep a unit scale through depth."""
-    layers = []
+    rng: np.random.Generator, sizes: list[int], generated: bool = False
+) -> list[tuple[Weight, np.ndarray]]:
+    """He-initialised (weight, bias) pairs, so ReLU activations keep a unit scale through depth;
+    with `generated`, square layers are GeneratedWeight."""
+    layers: list[tuple[Weight, np.ndarray]] = []
     for fan_in, fan_out in itertools.pairwise(sizes):
-        weight = rng.normal(0.0, np.sqrt(2.0 / fan_in), (fan_in, fan_out))
+        weight: Weight
+        if generated and fan_in == fan_out:
+            weight = GeneratedWeight.draw(rng, fan_in, fan_out)
+        else:
+            weight = rng.normal(0.0, np.sqrt(2.0 / fan_in), (fan_in, fan_out))
         bias = rng.normal(0.0, 0.1, fan_out)
         layers.append((weight, bias))
     return layers
 
 
-def _weights(spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
+def _dense(weight: Weight) -> np.ndarray:
+    return weight.materialise() if isinstance(weight, GeneratedWeight) else weight
+
+
+def _weights(spec: ModelSpec) -> list[tuple[Weight, np.ndarray]]:
     sizes = [N_FEATURES, *spec.hidden, 1]
-    layers = _layer_weights(np.random.default_rng(spec.seed), sizes)
+    layers = _layer_weights(np.random.default_rng(spec.seed), sizes, spec.generated_weights)
     if spec.base_seed is not None:
+        if spec.generated_weights:
+            raise ValueError(f"{spec.name} v{spec.version}: a retraining drifts stored weights")
         base = _layer_weights(np.random.default_rng(spec.base_seed), sizes)
         layers = [
-            (w + _RETRAIN_DRIFT * dw, b + _RETRAIN_DRIFT * db)
+            (_dense(w) + _RETRAIN_DRIFT * _dense(dw), b + _RETRAIN_DRIFT * db)
             for (w, b), (dw, db) in zip(base, layers, strict=True)
         ]
     last_w, _ = layers[-1]
     # He initialisation leaves the logit with a variance of roughly 2: rescale it to _LOGIT_STD.
-    layers[-1] = (last_w * (_LOGIT_STD / np.sqrt(2.0)), np.full(1, _OUTPUT_BIAS))
+    layers[-1] = (_dense(last_w) * (_LOGIT_STD / np.sqrt(2.0)), np.full(1, _OUTPUT_BIAS))
     return layers
 
 
@@ -140,58 +179,61 @@ class Standardisation:
 
 
 def _fit_output(
-    spec: ModelSpec, layers: list[tuple[np.ndarray, np.ndarray]], standardisation: Standardisation
+    layers: list[tuple[Weight, np.ndarray]], standardisation: Standardisation
 ) -> tuple[np.ndarray, np.ndarray]:
     """The last layer rescaled so the logit has _LOGIT_STD and mean _OUTPUT_BIAS on the demo
-    population: tied layers change the activations' scale in ways He initialisation does not
-    foresee."""
+    population, for deep models whose activations drift from the scale He initialisation
+    foresees. Scale and shift are rounded to 3 significant digits, so that the last bits of a
+    machine's BLAS and sin cannot change the bytes of the model."""
     x = standardisation.population
-    for i, (weight, bias) in enumerate(layers[:-1]):
-        for _ in range(spec.tied_repeats if i == 1 else 1):
-            x = np.maximum(x @ weight + bias, 0.0)
+    for weight, bias in layers[:-1]:
+        x = np.maximum(x @ _dense(weight) + bias, 0.0)
     last_w, _ = layers[-1]
-    logit = x @ last_w
-    scale = _LOGIT_STD / float(logit.std())
-    return last_w * scale, np.full(1, _OUTPUT_BIAS - float(logit.mean()) * scale)
+    logit = x @ _dense(last_w)
+    scale = float(f"{_LOGIT_STD / float(logit.std()):.3g}")
+    shift = float(f"{_OUTPUT_BIAS - float(logit.mean()) * scale:.3g}")
+    return _dense(last_w) * scale, np.full(1, shift)
 
 
 def build_model(spec: ModelSpec, standardisation: Standardisation) -> onnx.ModelProto:
     """The ONNX graph of one model version: standardise and clip, MLP with ReLU, sigmoid."""
-    weight_type = np.float16 if spec.fp16_weights else np.float32
     initializers: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
 
     def constant(name: str, value: np.ndarray) -> str:
-        initializers.append(numpy_helper.from_array(value.astype(weight_type), name))
-        if not spec.fp16_weights:
-            return name
-        nodes.append(helper.make_node("Cast", [name], [f"{name}_fp32"], to=TensorProto.FLOAT))
-        return f"{name}_fp32"
+        initializers.append(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def weight(name: str, value: Weight) -> str:
+        if not isinstance(value, GeneratedWeight):
+            return constant(name, value)
+        u = constant(f"{name}_u", value.u[:, None])
+        v = constant(f"{name}_v", value.v[None, :])
+        scale = constant(f"{name}_scale", np.asarray(value.scale))
+        nodes.append(helper.make_node("Mul", [u, v], [f"{name}_phase"]))
+        nodes.append(helper.make_node("Sin", [f"{name}_phase"], [f"{name}_wave"]))
+        nodes.append(helper.make_node("Mul", [f"{name}_wave", scale], [name]))
+        return name
 
     scale = constant("std_scale", 1.0 / standardisation.std)
     shift = constant("std_shift", -standardisation.mean / standardisation.std)
     nodes.append(helper.make_node("Mul", [INPUT_NAME, scale], ["scaled"]))
     nodes.append(helper.make_node("Add", ["scaled", shift], ["shifted"]))
-    # Clip takes its bounds as inputs since opset 11; they stay FP32 whatever the weights are.
-    initializers.append(numpy_helper.from_array(np.array(-_CLIP, np.float32), "clip_min"))
-    initializers.append(numpy_helper.from_array(np.array(_CLIP, np.float32), "clip_max"))
-    nodes.append(helper.make_node("Clip", ["shifted", "clip_min", "clip_max"], ["standardised"]))
+    # Clip takes its bounds as inputs since opset 11.
+    clip_min = constant("clip_min", np.asarray(-_CLIP))
+    clip_max = constant("clip_max", np.asarray(_CLIP))
+    nodes.append(helper.make_node("Clip", ["shifted", clip_min, clip_max], ["standardised"]))
 
     layers = _weights(spec)
-    if spec.tied_repeats > 1:
-        layers[-1] = _fit_output(spec, layers, standardisation)
+    if spec.generated_weights:
+        layers[-1] = _fit_output(layers, standardisation)
     x = "standardised"
-    for i, (weight, bias) in enumerate(layers):
-        repeats = spec.tied_repeats if i == 1 else 1
-        w = constant(f"w{i}", weight)
-        b = constant(f"b{i}", bias)
-        for r in range(repeats):
-            name = f"{i}" if r == 0 else f"{i}_{r}"
-            nodes.append(helper.make_node("MatMul", [x, w], [f"matmul{name}"]))
-            nodes.append(helper.make_node("Add", [f"matmul{name}", b], [f"linear{name}"]))
-            if i < len(layers) - 1:
-                nodes.append(helper.make_node("Relu", [f"linear{name}"], [f"relu{name}"]))
-                x = f"relu{name}"
+    for i, (w, b) in enumerate(layers):
+        nodes.append(helper.make_node("MatMul", [x, weight(f"w{i}", w)], [f"matmul{i}"]))
+        nodes.append(helper.make_node("Add", [f"matmul{i}", constant(f"b{i}", b)], [f"linear{i}"]))
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [f"linear{i}"], [f"relu{i}"]))
+            x = f"relu{i}"
     nodes.append(helper.make_node("Sigmoid", [f"linear{len(layers) - 1}"], [OUTPUT_NAME]))
 
     graph = helper.make_graph(

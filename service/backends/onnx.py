@@ -153,6 +153,10 @@ def _create_session(path: Path, options: OnnxOptions) -> Any:
             "" if providers else "; falling back to CPUExecutionProvider",
         )
     providers = providers or [CPU]
+    if providers != [CPU]:
+        # onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* wheels only when asked to (or
+        # after `import torch`); a no-op in the CPU package.
+        ort.preload_dlls()
     try:
         return _load_session(path, session_options, providers)
     except BackendError as exc:
@@ -165,8 +169,20 @@ def _create_session(path: Path, options: OnnxOptions) -> Any:
 
 def _load_session(path: Path, session_options: Any, providers: Sequence[str]) -> Any:
     try:
-        return ort.InferenceSession(str(path), session_options, providers=providers)
+        session = ort.InferenceSession(str(path), session_options, providers=providers)
     except Exception as exc:
         raise BackendError(
             f"{path}: onnxruntime cannot load it with {', '.join(providers)}: {_ort_message(exc)}"
         ) from None
+    # onnxruntime drops a provider that fails to start (TensorRT or cuDNN libraries missing, say)
+    # and carries on with the next one, saying so only on stdout.
+    running = session.get_providers()
+    dropped = [p for p in providers if p not in running]
+    if dropped:
+        logger.warning(
+            "%s: onnxruntime could not start %s; running on %s",
+            path,
+            ", ".join(dropped),
+            ", ".join(running),
+        )
+    return session

@@ -27,7 +27,7 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 @cache
 def slow_model() -> bytes:
     """fraud_mlp's signature with three 4096-wide layers: a hundred times slower than version 2."""
-    spec = ModelSpec("fraud_mlp", "9", hidden=(4096, 4096, 4096), seed=9, fp16_weights=True)
+    spec = ModelSpec("fraud_mlp", "9", hidden=(4096, 4096, 4096), seed=9, generated_weights=True)
     standardisation = Standardisation.fit(MODELS_DIR / "feature_views.yaml")
     return bytes(build_model(spec, standardisation).SerializeToString())
 

@@ -77,7 +77,7 @@ def test_models_take_32_features_with_a_dynamic_batch(built: Path, file: Path) -
 def test_model_files_stay_small(built: Path) -> None:
     assert (built / "fraud_mlp/1/model.onnx").stat().st_size < 1_000_000
     assert (built / "fraud_mlp/2/model.onnx").stat().st_size < 1_000_000
-    assert (built / "heavy_mlp/1/model.onnx").stat().st_size < 13_000_000
+    assert (built / "heavy_mlp/1/model.onnx").stat().st_size < 1_000_000
 
 
 @pytest.mark.parametrize("file", MODEL_FILES, ids=str)
