@@ -180,6 +180,72 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return json_response({"error": "internal error"}, 500)
 
+    # ---- inference -----------------------------------------------------------------
+    # Plain Starlette routes: FastAPI would solve dependencies and validate two string path
+    # parameters on every request, about a tenth of the event loop's time under load. Their
+    # exceptions still reach the handlers above; they are left out of /openapi.json. First
+    # in the table (no other route's path overlaps theirs), they are matched soonest.
+
+    async def infer(request: Request) -> Response:
+        model, version = path_model_version(request)
+        body = await read_body(request, limit)
+        header = request.headers.get(json_codec.HEADER_LENGTH)
+        if header is not None and not header.isdigit():
+            raise InvalidInput(f"{json_codec.HEADER_LENGTH} must be a byte count")
+        decoded = json_codec.decode_infer_request(body, None if header is None else int(header))
+        decoded.deadline = header_deadline(request)
+        version = version or request.headers.get(VERSION_HEADER)
+        gw = gateway(request)
+        batched = gw.served(model, version).batcher is not None
+        work = gw.infer(model, version, decoded, "infer")
+        result = await (unless_disconnected(request, work) if batched else work)
+        payload, json_size = json_codec.encode_infer_response(
+            result, decoded.binary_outputs, decoded.binary_all_outputs
+        )
+        headers = {VERSION_HEADER: result.model_version}
+        if json_size is None:
+            return Response(payload, media_type=JSON, headers=headers)
+        return Response(
+            payload,
+            media_type="application/octet-stream",
+            headers={json_codec.HEADER_LENGTH: str(json_size), **headers},
+        )
+
+    async def predict(request: Request) -> Response:
+        model, version = path_model_version(request)
+        doc = json_codec.loads(await read_body(request, limit))
+        if not isinstance(doc, dict) or not isinstance(doc.get("entities"), list):
+            raise InvalidInput("body must be an object with an 'entities' list")
+        overrides = doc.get("features")
+        if overrides is not None and not isinstance(overrides, dict):
+            raise InvalidInput("'features' must be an object of feature name -> value(s)")
+        parameters = doc.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be an object")
+        scheduling = Scheduling.from_parameters(parameters, header_deadline(request))
+        request_id = doc.get("request_id") or request.headers.get("x-request-id")
+        version = explicit_version(version, request.headers.get(VERSION_HEADER), parameters)
+        gw = gateway(request)
+        batched = gw.served(model, version).batcher is not None
+        work = gw.predict(model, version, doc["entities"], overrides, request_id, scheduling)
+        result = await (unless_disconnected(request, work) if batched else work)
+        return json_response(
+            {
+                "model": result.model,
+                "model_version": result.version,
+                "request_id": result.request_id,
+                "predictions": predictions_json(result.outputs),
+                "feature_status": result.feature_status(),
+                "flags": result.flags_per_row(),
+            },
+            headers={"x-request-id": result.request_id, VERSION_HEADER: result.version},
+        )
+
+    for path in ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"):
+        app.add_route(path, infer, methods=["POST"])
+    for path in ("/v1/models/{model}:predict", "/v1/models/{model}/versions/{version}:predict"):
+        app.add_route(path, predict, methods=["POST"])
+
     # ---- health, metadata and metrics ----------------------------------------------
 
     @app.get("/v2/health/live")
@@ -210,65 +276,6 @@ def create_app(settings: Settings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
-    # ---- inference -----------------------------------------------------------------
-
-    @app.post("/v2/models/{model}/infer")
-    @app.post("/v2/models/{model}/versions/{version}/infer")
-    async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        body = await read_body(request, limit)
-        header = request.headers.get(json_codec.HEADER_LENGTH)
-        if header is not None and not header.isdigit():
-            raise InvalidInput(f"{json_codec.HEADER_LENGTH} must be a byte count")
-        decoded = json_codec.decode_infer_request(body, None if header is None else int(header))
-        decoded.deadline = header_deadline(request)
-        version = version or request.headers.get(VERSION_HEADER)
-        gw = gateway(request)
-        batched = gw.served(model, version).batcher is not None
-        work = gw.infer(model, version, decoded, "infer")
-        result = await (unless_disconnected(request, work) if batched else work)
-        payload, json_size = json_codec.encode_infer_response(
-            result, decoded.binary_outputs, decoded.binary_all_outputs
-        )
-        headers = {VERSION_HEADER: result.model_version}
-        if json_size is None:
-            return Response(payload, media_type=JSON, headers=headers)
-        return Response(
-            payload,
-            media_type="application/octet-stream",
-            headers={json_codec.HEADER_LENGTH: str(json_size), **headers},
-        )
-
-    @app.post("/v1/models/{model}:predict")
-    @app.post("/v1/models/{model}/versions/{version}:predict")
-    async def predict(request: Request, model: str, version: str | None = None) -> Response:
-        doc = json_codec.loads(await read_body(request, limit))
-        if not isinstance(doc, dict) or not isinstance(doc.get("entities"), list):
-            raise InvalidInput("body must be an object with an 'entities' list")
-        overrides = doc.get("features")
-        if overrides is not None and not isinstance(overrides, dict):
-            raise InvalidInput("'features' must be an object of feature name -> value(s)")
-        parameters = doc.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InvalidInput("'parameters' must be an object")
-        scheduling = Scheduling.from_parameters(parameters, header_deadline(request))
-        request_id = doc.get("request_id") or request.headers.get("x-request-id")
-        version = explicit_version(version, request.headers.get(VERSION_HEADER), parameters)
-        gw = gateway(request)
-        batched = gw.served(model, version).batcher is not None
-        work = gw.predict(model, version, doc["entities"], overrides, request_id, scheduling)
-        result = await (unless_disconnected(request, work) if batched else work)
-        return json_response(
-            {
-                "model": result.model,
-                "model_version": result.version,
-                "request_id": result.request_id,
-                "predictions": predictions_json(result.outputs),
-                "feature_status": result.feature_status(),
-                "flags": result.flags_per_row(),
-            },
-            headers={"x-request-id": result.request_id, VERSION_HEADER: result.version},
-        )
-
     # ---- feature push --------------------------------------------------------------
 
     @app.post("/v1/features/{view_name}")
@@ -296,6 +303,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     install_admin(app, settings)
     return app
+
+
+def path_model_version(request: Request) -> tuple[str, str | None]:
+    """The model named in the path, and its version: from the path, else `?version=`.
+
+    The query parameter is what FastAPI made of these routes' optional `version` argument;
+    clients may send it still.
+    """
+    params = request.path_params
+    version = params.get("version")
+    if version is None and request.scope["query_string"]:  # parsing an empty one costs µs
+        version = request.query_params.get("version")
+    return params["model"], version
 
 
 def predictions_json(outputs: dict[str, np.ndarray]) -> Any:
