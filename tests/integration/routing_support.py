@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -95,17 +97,21 @@ def post(url: str, body: dict[str, Any], **extra: Any) -> httpx.Response:
     return _CLIENT.post(url, json=body, **extra)
 
 
-def audit_records(gw: GatewayProcess, model: str, wanted: int) -> list[AuditRecord]:
-    """The model's audit records, once at least `wanted` are written (or after 5 s)."""
+def audit_records(
+    gw: GatewayProcess,
+    model: str,
+    until: Callable[[list[AuditRecord]], bool],
+    timeout_s: float = 15.0,
+) -> list[AuditRecord]:
+    """The model's audit records, once `until` holds for them (or after `timeout_s`)."""
 
     async def read() -> list[AuditRecord]:
         url = f"file://{gw.log.parent}/audit-{gw.port}.log"
-        records: list[AuditRecord] = []
-        for _ in range(50):
+        deadline = time.monotonic() + timeout_s
+        while True:
             records = [r async for r in tail(url, model=model, follow=False)]
-            if len(records) >= wanted:
-                break
+            if until(records) or time.monotonic() > deadline:
+                return records
             await asyncio.sleep(0.1)
-        return records
 
     return asyncio.run(read())
