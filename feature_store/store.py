@@ -6,6 +6,7 @@ freshness, defaults — lives here, so the memory and Redis stores cannot drift 
 
 from __future__ import annotations
 
+import itertools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from feature_store.codec import decode_rows, encode_rows, row_key
-from feature_store.errors import EntityNotFound
+from feature_store.errors import EntityNotFound, FeatureStoreError, SchemaMismatch
 from feature_store.views import FeatureView
 
 
@@ -51,6 +52,15 @@ class ViewRows:
         return dict(zip(_LABELS, per_status.tolist(), strict=True))
 
 
+@dataclass(slots=True, frozen=True)
+class Lookup:
+    """One caller's read, as `OnlineStore.read` takes it: the views, the entities, the time."""
+
+    views: Sequence[FeatureView]
+    entity_ids: Sequence[str]
+    now_ms: int | None = None
+
+
 def epoch_ms() -> int:
     """Now, in milliseconds since the Unix epoch: the unit of every event time."""
     return time.time_ns() // 1_000_000
@@ -67,7 +77,7 @@ def display_url(url: str) -> str:
 
 
 class OnlineStore(ABC):
-    """Reads and writes packed feature rows; one round trip per `read` and per `write`."""
+    """Reads and writes packed feature rows; one round trip per `read`, `read_many` and `write`."""
 
     kind: ClassVar[str]
 
@@ -88,38 +98,50 @@ class OnlineStore(ABC):
         blobs = await self._fetch(keys) if keys else []
         now = epoch_ms() if now_ms is None else now_ms
         return [
-            self._rows_of(view, entity_ids, blobs[i * n : (i + 1) * n], now)
+            _rows_of(view, entity_ids, blobs[i * n : (i + 1) * n], now)
             for i, view in enumerate(views)
         ]
 
-    @staticmethod
-    def _rows_of(
-        view: FeatureView, entity_ids: Sequence[str], blobs: Sequence[bytes | None], now: int
-    ) -> ViewRows:
-        values, present, event_time_ms = decode_rows(view, blobs)
-        all_present = bool(present.all())
-        if view.on_missing == "error" and not all_present:
-            missing = np.flatnonzero(~present)
-            raise EntityNotFound(
-                view.name,
-                view.entity,
-                entity_ids[int(missing[0])],
-                also_missing=len(missing) - 1,
-            )
-        if all_present:
-            status = np.zeros(len(blobs), dtype=np.uint8)  # FRESH
-        else:
-            status = np.where(present, Status.FRESH, Status.MISSING).astype(np.uint8)
-        if view.ttl_s is not None:
-            stale = now - event_time_ms > view.ttl_s * 1000.0
-            if not all_present:
-                stale &= present
-            if view.on_stale == "default":
-                values[stale] = view.defaults
-                status[stale] = Status.DEFAULTED
-            else:
-                status[stale] = Status.STALE
-        return ViewRows(view=view, values=values, status=status, event_time_ms=event_time_ms)
+    async def read_many(
+        self, lookups: Sequence[Lookup]
+    ) -> list[list[ViewRows] | FeatureStoreError]:
+        """Every lookup's rows, fetched in one round trip for all of them together.
+
+        Each lookup gets what `read` would have given it: its rows, or its own error
+        (EntityNotFound, SchemaMismatch) as a value, so that one lookup's missing entity fails
+        no other. A failed round trip (StoreUnavailable) raises: it fails every lookup.
+        Lookups of the same views (one model's feature plan) are decoded together, a few numpy
+        calls per view for the whole lot.
+        """
+        if len(lookups) == 1:  # `read` itself: grouping and slicing would only cost time
+            lookup = lookups[0]
+            try:
+                return [await self.read(lookup.views, lookup.entity_ids, lookup.now_ms)]
+            except (EntityNotFound, SchemaMismatch) as exc:
+                return [exc]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, lookup in enumerate(lookups):
+            groups.setdefault(tuple(map(id, lookup.views)), []).append(index)
+        keys: list[str] = []
+        spans: list[tuple[list[int], list[str], int]] = []  # members, their ids, first key
+        for members in groups.values():
+            ids = [entity_id for i in members for entity_id in lookups[i].entity_ids]
+            spans.append((members, ids, len(keys)))
+            for view in lookups[members[0]].views:
+                keys.extend(row_key(view, entity_id) for entity_id in ids)
+        blobs = await self._fetch(keys) if keys else []
+        now = epoch_ms()
+        results: list[list[ViewRows] | FeatureStoreError] = [[] for _ in lookups]
+        for members, ids, first in spans:
+            group = [lookups[i] for i in members]
+            try:
+                got = _rows_of_group(group, ids, blobs, first, now)
+            except SchemaMismatch:
+                # Rare: rows left over from an older view. Only lookups that read them fail.
+                got = _rows_of_each(group, blobs, first, now)
+            for i, rows in zip(members, got, strict=True):
+                results[i] = rows
+        return results
 
     async def write(
         self,
@@ -156,6 +178,118 @@ class OnlineStore(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections; the store is not used afterwards."""
+
+
+def _rows_of(
+    view: FeatureView, entity_ids: Sequence[str], blobs: Sequence[bytes | None], now: int
+) -> ViewRows:
+    values, present, event_time_ms = decode_rows(view, blobs)
+    if view.on_missing == "error" and not present.all():
+        raise _not_found(view, entity_ids, present)
+    status = _status(view, values, present, event_time_ms, now)
+    return ViewRows(view=view, values=values, status=status, event_time_ms=event_time_ms)
+
+
+def _rows_of_group(
+    group: Sequence[Lookup],
+    entity_ids: Sequence[str],
+    blobs: Sequence[bytes | None],
+    first: int,
+    now: int,
+) -> list[list[ViewRows] | FeatureStoreError]:
+    """The rows of lookups of the same views, decoded and checked together, then sliced.
+
+    `entity_ids` are the group's lookups' ids one after another; the blobs of view ``v`` start
+    at ``first + v * len(entity_ids)``. Raises SchemaMismatch if any row has another schema.
+    """
+    n = len(entity_ids)
+    sizes = [len(lookup.entity_ids) for lookup in group]
+    bounds = [0, *itertools.accumulate(sizes)]
+    nows = [now if lookup.now_ms is None else lookup.now_ms for lookup in group]
+    # One clock for the common case; else each row is judged at its own lookup's time.
+    row_now: int | npt.NDArray[np.int64] = (
+        nows[0] if nows.count(nows[0]) == len(nows) else np.repeat(np.array(nows), sizes)
+    )
+    results: list[list[ViewRows] | FeatureStoreError] = [[] for _ in group]
+    for v, view in enumerate(group[0].views):
+        start = first + v * n
+        values, present, event_time_ms = decode_rows(view, blobs[start : start + n])
+        status = _status(view, values, present, event_time_ms, row_now)
+        check_missing = view.on_missing == "error" and not present.all()
+        for j, rows in enumerate(results):
+            if not isinstance(rows, list):
+                continue  # failed on an earlier view, as `read` would have
+            a, b = bounds[j], bounds[j + 1]
+            if check_missing and not present[a:b].all():
+                results[j] = _not_found(view, group[j].entity_ids, present[a:b])
+                continue
+            # Slices, not copies: callers' rows never overlap, so a caller that writes into
+            # its own (request-time overrides) changes no other caller's.
+            rows.append(ViewRows(view, values[a:b], status[a:b], event_time_ms[a:b]))
+    return results
+
+
+def _rows_of_each(
+    group: Sequence[Lookup], blobs: Sequence[bytes | None], first: int, now: int
+) -> list[list[ViewRows] | FeatureStoreError]:
+    """`_rows_of_group`, one lookup at a time: each lookup gets its own errors."""
+    n = sum(len(lookup.entity_ids) for lookup in group)
+    results: list[list[ViewRows] | FeatureStoreError] = []
+    offset = 0
+    for lookup in group:
+        m = len(lookup.entity_ids)
+        lookup_now = now if lookup.now_ms is None else lookup.now_ms
+        try:
+            results.append(
+                [
+                    _rows_of(
+                        view,
+                        lookup.entity_ids,
+                        blobs[first + v * n + offset : first + v * n + offset + m],
+                        lookup_now,
+                    )
+                    for v, view in enumerate(lookup.views)
+                ]
+            )
+        except (EntityNotFound, SchemaMismatch) as exc:
+            results.append(exc)
+        offset += m
+    return results
+
+
+def _not_found(
+    view: FeatureView, entity_ids: Sequence[str], present: npt.NDArray[np.bool_]
+) -> EntityNotFound:
+    missing = np.flatnonzero(~present)
+    return EntityNotFound(
+        view.name, view.entity, entity_ids[int(missing[0])], also_missing=len(missing) - 1
+    )
+
+
+def _status(
+    view: FeatureView,
+    values: npt.NDArray[Any],
+    present: npt.NDArray[np.bool_],
+    event_time_ms: npt.NDArray[np.int64],
+    now: int | npt.NDArray[np.int64],
+) -> npt.NDArray[np.uint8]:
+    """Each row's status at `now`; stale rows of an ``on_stale: default`` view get the
+    defaults in `values`, in place."""
+    all_present = bool(present.all())
+    if all_present:
+        status = np.zeros(len(present), dtype=np.uint8)  # FRESH
+    else:
+        status = np.where(present, Status.FRESH, Status.MISSING).astype(np.uint8)
+    if view.ttl_s is not None:
+        stale = now - event_time_ms > view.ttl_s * 1000.0
+        if not all_present:
+            stale &= present
+        if view.on_stale == "default":
+            values[stale] = view.defaults
+            status[stale] = Status.DEFAULTED
+        else:
+            status[stale] = Status.STALE
+    return status
 
 
 SCHEMES = ("memory://", "redis://", "rediss://")

@@ -11,6 +11,30 @@ from typing import Literal
 
 
 @dataclass(frozen=True)
+class Overload:
+    """Load shedding, measured: `model` gets a queue of `max_queue_size` requests; its capacity
+    is measured closed loop with that many requests in flight (none refused), then an open
+    loop offers `factor` times that rate for `duration_s` while the gateway's resident memory
+    is sampled. A bounded queue answers the excess with fast 429s and keeps memory flat."""
+
+    model: str
+    scenario: str
+    max_queue_size: int
+    factor: float = 4.0
+    duration_s: float = 8.0
+    capacity_s: float = 3.0
+    """Seconds of the closed-loop run that measures the capacity."""
+
+    def __post_init__(self) -> None:
+        if (
+            self.max_queue_size < 1
+            or self.factor <= 1
+            or min(self.duration_s, self.capacity_s) <= 0
+        ):
+            raise ValueError("overload needs a queue, a factor above 1 and positive durations")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     name: str
     description: str
@@ -25,6 +49,8 @@ class GatewayConfig:
     triton: bool = False
     """True: fraud_mlp's default version is served by a tritonserver the suite starts and also
     measures directly (loadtests/triton.py); skipped where `make triton-venv` has not run."""
+    overload: Overload | None = None
+    """Set: the overload measurement (loadtests/overload.py) instead of the scenario matrix."""
 
 
 CONFIGS: dict[str, GatewayConfig] = {
@@ -42,6 +68,30 @@ CONFIGS: dict[str, GatewayConfig] = {
             "every request run alone (--batching off); baseline batches adaptively",
             serve_args=("--batching", "off"),
             scenarios=("predict-1", "heavy-1"),
+            compare_to="baseline",
+        ),
+        GatewayConfig(
+            "batching-fixed-500us",
+            "every batching model waits a fixed 500 µs (--batching-delay-us 500, adaptive off);"
+            " baseline adapts the wait, up to each config.yaml's max_queue_delay_us",
+            serve_args=("--batching-delay-us", "500"),
+            scenarios=("predict-1", "heavy-1"),
+            compare_to="baseline",
+        ),
+        GatewayConfig(
+            "batching-fixed-2ms",
+            "every batching model waits a fixed 2 ms (--batching-delay-us 2000, adaptive off);"
+            " baseline adapts the wait, up to each config.yaml's max_queue_delay_us",
+            serve_args=("--batching-delay-us", "2000"),
+            scenarios=("predict-1", "heavy-1"),
+            compare_to="baseline",
+        ),
+        GatewayConfig(
+            "reads-uncoalesced",
+            "one feature-store round trip per request (--coalesce-reads off); baseline merges"
+            " the reads of concurrent requests into one MGET",
+            serve_args=("--coalesce-reads", "off"),
+            scenarios=("predict-1",),
             compare_to="baseline",
         ),
         GatewayConfig(
@@ -73,5 +123,20 @@ CONFIGS: dict[str, GatewayConfig] = {
             compare_to="baseline",
             triton=True,
         ),
+        GatewayConfig(
+            "overload",
+            "heavy_mlp with a queue of 16 requests, offered 4x the rate it serves (open loop)",
+            overload=Overload("heavy_mlp", "heavy-32", max_queue_size=16),
+        ),
     )
+}
+
+# Configurations the page also shows side by side, figure by figure, under a title.
+SIDE_BY_SIDE: dict[str, tuple[str, ...]] = {
+    "Batching delay: adaptive, fixed, none": (
+        "baseline",
+        "batching-fixed-500us",
+        "batching-fixed-2ms",
+        "batching-off",
+    ),
 }

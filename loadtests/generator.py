@@ -76,6 +76,9 @@ class RunResult:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    error_latency: dict[str, LatencyHistogram] = field(default_factory=dict)
+    """Latencies of the requests that ended in each error kind: how fast a 429 comes back is
+    half of what load shedding promises. (Requests that never got a slot have none.)"""
 
     def record(self, start_ns: int, end_ns: int, error: str | None) -> None:
         if error is None:
@@ -83,6 +86,10 @@ class RunResult:
             self.latency.record_us((end_ns - start_ns) // 1000)
         else:
             self.errors[error] += 1
+            histogram = self.error_latency.get(error)
+            if histogram is None:
+                histogram = self.error_latency[error] = LatencyHistogram()
+            histogram.record_us((end_ns - start_ns) // 1000)
 
     @property
     def completed(self) -> int:
@@ -100,6 +107,8 @@ class RunResult:
         self.ok += other.ok
         self.errors.update(other.errors)
         self.elapsed_s = max(self.elapsed_s, other.elapsed_s)
+        for kind, histogram in other.error_latency.items():
+            self.error_latency.setdefault(kind, LatencyHistogram()).merge(histogram)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -110,6 +119,9 @@ class RunResult:
             "throughput_rps": round(self.throughput_rps, 1),
             "latency_us": self.latency.summary_us(),
             "send_lag_us": self.send_lag.summary_us(),
+            "error_latency_us": {
+                kind: self.error_latency[kind].summary_us() for kind in sorted(self.error_latency)
+            },
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +130,7 @@ class RunResult:
             **self.summary(),
             "latency_hdr": self.latency.encode(),
             "send_lag_hdr": self.send_lag.encode(),
+            "error_latency_hdr": {kind: h.encode() for kind, h in self.error_latency.items()},
         }
 
     @classmethod
@@ -128,6 +141,10 @@ class RunResult:
             ok=int(data["ok"]),
             errors=Counter({str(k): int(v) for k, v in data["errors"].items()}),
             elapsed_s=float(data["elapsed_s"]),
+            error_latency={
+                str(kind): LatencyHistogram.decode(encoded)
+                for kind, encoded in data.get("error_latency_hdr", {}).items()
+            },
         )
 
 

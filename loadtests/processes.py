@@ -110,6 +110,8 @@ def mlgate_executable() -> str:
 class GatewayPorts:
     http: int
     grpc: int | None
+    pid: int
+    """The serving process (with one worker, the only one)."""
 
 
 @contextmanager
@@ -121,11 +123,12 @@ def gateway(
     ready_timeout_s: float = 120,
 ) -> Iterator[GatewayPorts]:
     """``mlgate serve`` on free ports, yielded once /v2/health/ready answers 200."""
-    ports = GatewayPorts(free_port(), free_port() if grpc else None)
-    argv = [mlgate_executable(), "serve", "--host", HOST, "--port", str(ports.http)]
-    if ports.grpc is not None:
-        argv += ["--grpc-port", str(ports.grpc)]
+    http, grpc_port = free_port(), free_port() if grpc else None
+    argv = [mlgate_executable(), "serve", "--host", HOST, "--port", str(http)]
+    if grpc_port is not None:
+        argv += ["--grpc-port", str(grpc_port)]
     with managed([*argv, *serve_args], env=env, log=log) as proc:
+        ports = GatewayPorts(http, grpc_port, proc.pid)
         deadline = time.monotonic() + ready_timeout_s
         while http_status(ports.http, "/v2/health/ready") != 200:
             if proc.poll() is not None:

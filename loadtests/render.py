@@ -7,7 +7,9 @@ from typing import Any
 
 import yaml
 
-from loadtests.report import ms
+from loadtests.configs import SIDE_BY_SIDE
+from loadtests.render_gpu import gpu_section, latest_gpu_results
+from loadtests.report import mib, ms
 from loadtests.workloads import SCENARIOS
 
 
@@ -15,10 +17,20 @@ def render(results: dict[str, Any], docs: Path) -> None:
     plot_path = docs.with_suffix(".png")
     docs.parent.mkdir(parents=True, exist_ok=True)
     plot(results, plot_path)
-    docs.write_text(markdown(results, plot_path.name))
+    memory_plot = overload_plot_path(docs)
+    if "overload" in results:
+        plot_memory(results["overload"], memory_plot)
+    docs.write_text(markdown(results, plot_path.name, memory_plot.name))
 
 
-def markdown(results: dict[str, Any], plot_name: str) -> str:
+def overload_plot_path(docs: Path) -> Path:
+    """The overload section's memory plot, beside the page."""
+    return docs.with_name(f"{docs.stem}-overload.png")
+
+
+def markdown(
+    results: dict[str, Any], plot_name: str, memory_plot_name: str = "benchmarks-overload.png"
+) -> str:
     settings = results["settings"]
     floor = results["floor"]["parts_us"]
     lines = [
@@ -37,6 +49,9 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
         "mlgate bench run --url http://127.0.0.1:8000 --scenario mix --rate 500 --poisson",
         "mlgate bench run --url grpc://127.0.0.1:8001 --scenario v2-dense-1 --procs 2",
         "mlgate bench ceiling          # the generator alone, against a trivial server",
+        "mlgate bench suite --configs baseline,batching-fixed-500us,batching-fixed-2ms"
+        " --scenarios predict-1,heavy-1   # adaptive against fixed delays",
+        "mlgate bench suite --configs overload   # 429s and memory beyond max_queue_size",
         "make triton-venv && mlgate bench suite --configs baseline,triton"
         " --scenarios predict-1   # and Triton",
         "locust -f loadtests/locustfile.py --headless -u 8 -t 30s \\",
@@ -98,7 +113,11 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     for config in results["configs"]:
         lines += _config_section(config, results["runs"], floor["total"])
     lines += _comparison_section(results["configs"], results["runs"])
+    for title, names in SIDE_BY_SIDE.items():
+        lines += _side_by_side_section(title, names, results["runs"])
     lines += _triton_section(results)
+    lines += _overload_section(results.get("overload"), memory_plot_name)
+    lines += gpu_section(latest_gpu_results())
     lines += [
         "",
         "## Latency against throughput",
@@ -211,6 +230,51 @@ def _comparison_section(configs: list[dict[str, Any]], runs: list[dict[str, Any]
     return lines
 
 
+def _side_by_side_section(
+    title: str, names: tuple[str, ...], runs: list[dict[str, Any]]
+) -> list[str]:
+    """The runs of several configurations, one under the other for each scenario and level,
+    over the scenarios and levels that every configuration but the first (the base) ran."""
+    present = [n for n in names if any(r["config"] == n for r in runs)]
+    if len(present) < 2:
+        return []
+    by_key = {(r["config"], r["scenario"], r["concurrency"]): r for r in runs}
+    points = [
+        (r["scenario"], r["concurrency"])
+        for r in runs
+        if r["config"] == present[1]
+        and all((n, r["scenario"], r["concurrency"]) in by_key for n in present[2:])
+    ]
+    if not points:
+        return []
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "The same runs as above, side by side. `baseline` batches adaptively (each model's"
+        " config.yaml: `adaptive: true` and its `max_queue_delay_us` as the bound): it waits"
+        " for more rows only while more would arrive during the batch's run than the batch"
+        " holds, so a lone request leaves at once. A fixed delay (`--batching-delay-us`)"
+        " holds every batch until it is full or its oldest request has waited that long;"
+        " `--batching off` runs every request alone. The rule is in the README (Dynamic"
+        " batching).",
+        "",
+        "| scenario | concurrency | configuration | req/s | p50 ms | p99 ms | rows/batch |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for scenario, level in points:
+        for name in present:
+            run = by_key.get((name, scenario, level))
+            if run is None:
+                continue
+            latency = run["latency_us"]
+            lines.append(
+                f"| {scenario} | {level} | {name} | {run['throughput_rps']:.0f}"
+                f" | {ms(latency['p50'])} | {ms(latency['p99'])} | {_batch(run)} |"
+            )
+    return lines
+
+
 def _triton_section(results: dict[str, Any]) -> list[str]:
     """mlgate → Triton beside mlgate → onnxruntime and beside Triton called directly."""
     triton = results.get("triton")
@@ -258,6 +322,53 @@ def _triton_section(results: dict[str, Any]) -> list[str]:
             f"| {point['scenario']} | {point['rows']} | {point['concurrency']}"
             f" | {' | '.join(cells)} | `{point['command']}` |"
         )
+    return lines
+
+
+def _overload_section(overload: dict[str, Any] | None, plot_name: str) -> list[str]:
+    """Load shedding: offered against served, how fast the 429s came, and the memory line."""
+    if overload is None:
+        return []
+    capacity, run, memory = overload["capacity"], overload["run"], overload["memory"]
+    changes = yaml.safe_dump(overload["changes"], default_flow_style=None, sort_keys=False)
+    refused = run["error_latency_us"].get("http_429")
+    others = {k: n for k, n in run["errors"].items() if k != "http_429"}
+    lines = [
+        "",
+        f"## Overload: {overload['factor']:g}x capacity on a queue of"
+        f" {overload['max_queue_size']} requests",
+        "",
+        f"The gateway `{overload['config']}` serves the repository with these keys of"
+        f" `{overload['model']}/config.yaml` changed (as baseline otherwise):",
+        "",
+        "```yaml",
+        changes.rstrip(),
+        "```",
+        "",
+        f"Its capacity on `{overload['scenario']}` (a request costs far more model time than"
+        f" front work): {capacity['throughput_rps']:.0f} req/s, closed loop with"
+        f" {capacity['concurrency']} requests in flight, as many as the queue holds"
+        f" (`{capacity['command']}`). Then an open loop offers {overload['factor']:g} times"
+        f" that rate, constant arrivals: `{overload['command']}`. Every latency is timed from"
+        " the request's scheduled send time (*send lag*: how late the generator itself sent"
+        " them); the gateway's resident memory (RSS, from /proc) is sampled every 100 ms"
+        " from just before the load to just after it.",
+        "",
+        "| offered req/s | answered 200 req/s | 429 share | 200 p50 ms | 200 p99 ms"
+        " | 429 p50 ms | 429 p99 ms | other errors | send lag p99 ms"
+        " | RSS start MiB | RSS peak MiB | RSS end MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {overload['offered_rps']:.0f} | {run['served_rps']:.0f}"
+        f" | {100 * run['refused_share']:.1f}%"
+        f" | {ms(run['latency_us']['p50'])} | {ms(run['latency_us']['p99'])}"
+        f" | {ms(refused['p50']) if refused else '-'} | {ms(refused['p99']) if refused else '-'}"
+        f" | {', '.join(f'{k}: {n}' for k, n in sorted(others.items())) or 0}"
+        f" | {ms(run['send_lag_us']['p99'])}"
+        f" | {mib(memory['start_bytes'])} | {mib(memory['peak_bytes'])}"
+        f" | {mib(memory['end_bytes'])} |",
+    ]
+    if memory["samples"]:
+        lines += ["", f"![gateway memory during the overload]({plot_name})"]
     return lines
 
 
@@ -320,6 +431,42 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize="small")
     for row in axes:
         row[0].set_ylabel("latency (ms): p50 solid, p99 dashed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_memory(overload: dict[str, Any], path: Path) -> None:
+    """The gateway's RSS over the overload run, the load's span shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    memory = overload["memory"]
+    samples = memory["samples"]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if samples:
+        ax.plot(
+            [t for t, _ in samples], [value / 2**20 for _, value in samples], ".-", markersize=3
+        )
+        ax.set_ylim(bottom=0, top=max(value for _, value in samples) / 2**20 * 1.25)
+    ax.axvspan(
+        memory["load_from_s"],
+        memory["load_to_s"],
+        color="tab:red",
+        alpha=0.1,
+        label=f"{overload['offered_rps']:.0f} req/s offered,"
+        f" {100 * overload['run']['refused_share']:.0f}% answered 429",
+    )
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("gateway RSS (MiB)")
+    ax.set_title(
+        f"{overload['model']}, queue of {overload['max_queue_size']},"
+        f" {overload['factor']:g}x its capacity"
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -9,6 +9,10 @@ def ms(value_us: float) -> str:
     return f"{value_us / 1000:.3f}"
 
 
+def mib(value_bytes: int | None) -> str:
+    return "-" if value_bytes is None else f"{value_bytes / 2**20:.1f}"
+
+
 def format_run(title: str, spec: LoadSpec, result: RunResult, procs: int = 1) -> str:
     latency = result.latency.summary_us()
     lines = [
@@ -23,6 +27,12 @@ def format_run(title: str, spec: LoadSpec, result: RunResult, procs: int = 1) ->
     if result.errors:
         kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(result.errors.items()))
         lines.append(f"  errors: {kinds}")
+    for kind, histogram in sorted(result.error_latency.items()):
+        figures = histogram.summary_us()
+        lines.append(
+            f"  {kind} answered in ms: p50 {ms(figures['p50'])}  p99 {ms(figures['p99'])}"
+            f"  max {ms(figures['max'])}"
+        )
     if spec.rate is not None:
         lag = result.send_lag.summary_us()
         lines.append(

@@ -1,7 +1,8 @@
 """The benchmark suite: its own Redis, seeded; the gateway in each named configuration; the
 scenario matrix at several concurrencies; the floor and the generator's ceiling in the same
 run; where `make triton-venv` has run, a tritonserver, measured through the gateway and
-directly. Writes loadtests/results/<date>.json and regenerates docs/benchmarks.md and its plot.
+directly; a model offered more than it can serve (loadtests/overload.py). Writes
+loadtests/results/<date>.json and regenerates docs/benchmarks.md and its plots.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import orjson
 from loadtests.configs import CONFIGS, GatewayConfig
 from loadtests.floor import format_floor, measure_floor
 from loadtests.generator import LoadSpec, RunResult
+from loadtests.overload import REFUSED, measure_overload
 from loadtests.processes import HOST, gateway, redis_server, trivial_server
 from loadtests.render import render
-from loadtests.report import ms
+from loadtests.report import mib, ms
 from loadtests.runner import Job, execute
 from loadtests.seed import seed
 from loadtests.targets import Client
@@ -133,7 +135,18 @@ def run_suite(settings: SuiteSettings) -> Path:
         _say("floor:\n" + format_floor(floor))
         results["ceiling"] = ceiling(settings)
         for config in configs:
-            if not config.triton:
+            if config.overload is not None:
+                _say(f"{config.name}: {config.description}")
+                results["overload"] = measure_overload(
+                    config,
+                    _serve_args(settings, redis_url, config, models=None),
+                    settings.models,
+                    settings.entities,
+                    Path(logs),
+                    DOC_URLS["http"],
+                )
+                _say(_brief_overload(results["overload"]))
+            elif not config.triton:
                 results["configs"].append(_describe(config, settings, str(settings.models)))
                 results["runs"] += measure_gateway(
                     settings, config, redis_url, settings.models, Path(logs)
@@ -321,11 +334,11 @@ def _scenarios(settings: SuiteSettings, config: GatewayConfig) -> tuple[str, ...
 
 
 def _serve_args(
-    settings: SuiteSettings, redis_url: str, config: GatewayConfig, models: Path
+    settings: SuiteSettings, redis_url: str, config: GatewayConfig, models: Path | None
 ) -> list[str]:
+    """`mlgate serve` flags for `config` (None `models`: the caller adds --models)."""
     return [
-        "--models",
-        str(models),
+        *(["--models", str(models)] if models is not None else []),
         "--views",
         str(settings.views),
         "--feature-store",
@@ -390,6 +403,20 @@ def _brief_point(point: dict[str, Any]) -> str:
     return (
         f"{point['throughput_rps']:.0f} req/s  p50 {ms(latency['p50'])} ms"
         f"  p99 {ms(latency['p99'])} ms" + (f"  errors {errors}" if errors else "")
+    )
+
+
+def _brief_overload(section: dict[str, Any]) -> str:
+    run, memory = section["run"], section["memory"]
+    refused = run["error_latency_us"].get(REFUSED, {})
+    rss = {k: mib(memory[f"{k}_bytes"]) for k in ("start", "peak", "end")}
+    return (
+        f"overload: capacity {section['capacity']['throughput_rps']:.0f} req/s;"
+        f" offered {section['offered_rps']:.0f} req/s, served {run['served_rps']:.0f} req/s,"
+        f" {100 * run['refused_share']:.0f}% refused (429 p99 {ms(refused.get('p99', 0))} ms),"
+        f" 200 p99 {ms(run['latency_us']['p99'])} ms;"
+        f" RSS start {rss['start']} peak {rss['peak']} end {rss['end']} MiB"
+        + (f"; errors {run['errors']}" if set(run["errors"]) - {REFUSED} else "")
     )
 
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from loadtests.processes import HOST, free_port
+from loadtests.repository import changed_repository
 from loadtests.workloads import SCENARIOS, Scenario
 
 TRITON_VENV = Path(__file__).resolve().parent.parent / ".venv-triton"
@@ -168,18 +167,9 @@ def triton_config(config: dict[str, Any], endpoint: str) -> dict[str, Any]:
 def triton_repository(models: Path, root: Path, endpoint: str) -> Path:
     """A model repository at `root` that is `models` but for fraud_mlp's config.yaml, which
     triton_config() rewrites; everything else is linked, not copied."""
-    root.mkdir(parents=True)
-    for entry in models.iterdir():
-        if entry.name != "fraud_mlp":
-            (root / entry.name).symlink_to(entry.resolve())
-    source, target = models / "fraud_mlp", root / "fraud_mlp"
-    target.mkdir()
-    for entry in source.iterdir():
-        if entry.name != "config.yaml":
-            (target / entry.name).symlink_to(entry.resolve())
-    config = yaml.safe_load((source / "config.yaml").read_text())
-    (target / "config.yaml").write_text(yaml.safe_dump(triton_config(config, endpoint)))
-    return root
+    return changed_repository(
+        models, root, "fraud_mlp", lambda config: triton_config(config, endpoint)
+    )
 
 
 def direct_scenario(scenario: Scenario) -> Scenario | None:

@@ -29,6 +29,8 @@ SERVE_FLAGS = (
     "inference_threads",
     "audit",
     "batching",
+    "batching_delay_us",
+    "coalesce_reads",
     "audit_spill_dir",
     "policy_store",
     "routing",
@@ -162,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int)
     serve.add_argument("--inference-threads", type=int)
     serve.add_argument("--batching", choices=["on", "off"], help="dynamic batching (default on)")
+    serve.add_argument(
+        "--coalesce-reads",
+        choices=["on", "off"],
+        help="concurrent requests share one feature-store round trip (default on)",
+    )
+    serve.add_argument(
+        "--batching-delay-us",
+        type=int,
+        metavar="US",
+        help="one fixed batching delay for every model, adaptive off (default: config.yaml's)",
+    )
     serve.add_argument("--audit", help="file://PATH, redis://host:port/db or none")
     serve.add_argument("--audit-spill-dir", type=Path)
     serve.add_argument(

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from feature_store.coalescing import CoalescingReader
 from feature_store.errors import EntityNotFound, FeatureStoreError, StoreUnavailable
 from feature_store.loader import seed_synthetic
 from feature_store.store import OnlineStore, Status, ViewRows, open_store
@@ -185,15 +186,22 @@ class Gateway:
         executor: ThreadPoolExecutor,
         audit: AuditLog | None = None,
         batching: bool = True,
+        batching_delay_us: int | None = None,
         shadow_queue_size: int = 1024,
         shadow_concurrency: int = 2,
+        coalesce_reads: bool = True,
     ) -> None:
         self.repository = repository
         self.store = store
+        # Concurrent requests' reads share one store round trip (feature_store/coalescing.py).
+        self._reader: OnlineStore | CoalescingReader = (
+            CoalescingReader(store) if coalesce_reads else store
+        )
         self.views = dict(views)
         self.audit = audit
         self._executor = executor
         self._batching = batching
+        self._batching_delay_us = batching_delay_us
         self._served: dict[tuple[str, str], Served] = {}
         self.router = Router()
         for model in repository.models.values():
@@ -234,8 +242,10 @@ class Gateway:
             executor,
             audit,
             settings.batching,
+            batching_delay_us=settings.batching_delay_us,
             shadow_queue_size=settings.shadow_queue_size,
             shadow_concurrency=settings.shadow_concurrency,
+            coalesce_reads=settings.coalesce_reads,
         )
 
     async def close(self) -> None:
@@ -247,6 +257,8 @@ class Gateway:
         if self.audit is not None:
             await self.audit.close()
         await self.repository.close()
+        if isinstance(self._reader, CoalescingReader):
+            await self._reader.close()
         await self.store.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -265,6 +277,11 @@ class Gateway:
             guard=Guard(mv.config, mv.model, mv.version),
         )
         config = mv.config.dynamic_batching
+        if config is not None and self._batching_delay_us is not None:
+            # --batching-delay-us: one fixed wait for every model, to compare with adaptive.
+            config = config.model_copy(
+                update={"adaptive": False, "max_queue_delay_us": self._batching_delay_us}
+            )
         if batching and config is not None and mv.config.max_batch_size > 0:
             served.batcher = Batcher(
                 lambda inputs: self._run_backend(mv, inputs),
@@ -652,7 +669,7 @@ class Gateway:
     async def _fetch(self, plan: FeaturePlan, entity_ids: list[str]) -> list[ViewRows]:
         started = time.perf_counter()
         try:
-            rows = await self.store.read(plan.views, entity_ids)
+            rows = await self._reader.read(plan.views, entity_ids)
         except EntityNotFound as exc:
             raise NotFound(str(exc)) from None
         except StoreUnavailable as exc:

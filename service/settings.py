@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A fixed batching delay beyond this is surely a unit mistake (milliseconds for microseconds).
+MAX_BATCHING_DELAY_US = 1_000_000
 
 
 class Settings(BaseSettings):
@@ -32,6 +35,13 @@ class Settings(BaseSettings):
     # Dynamic batching for models whose config.yaml has a dynamic_batching section;
     # off serves every request alone (for comparisons).
     batching: bool = True
+    # One fixed delay for every batching model, in place of config.yaml's: adaptive off,
+    # max_queue_delay_us this. For comparing the adaptive rule with fixed delays; unset: each
+    # model's own dynamic_batching section.
+    batching_delay_us: int | None = Field(default=None, ge=0, le=MAX_BATCHING_DELAY_US)
+    # Concurrent requests' feature reads share one store round trip (one MGET); off: one per
+    # request (for comparisons).
+    coalesce_reads: bool = True
     # Threads that run model sessions off the event loop.
     inference_threads: int = Field(default=4, ge=1)
     # Where every prediction is recorded: file://PATH, redis://host:port/db[?maxlen=N] or none.
@@ -73,6 +83,15 @@ class Settings(BaseSettings):
                 f"{url!r}: expected memory://, file:///path.json or redis://host:port/db"
             )
         return url
+
+    @model_validator(mode="after")
+    def _delay_needs_batching(self) -> Self:
+        if self.batching_delay_us is not None and not self.batching:
+            raise ValueError(
+                "batching_delay_us fixes how long batches wait, but batching is off; "
+                "drop one of the two"
+            )
+        return self
 
     @property
     def views_path(self) -> Path:

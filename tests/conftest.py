@@ -66,6 +66,16 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
 
 
+@pytest.fixture
+def doomed_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which the test may stop."""
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @dataclass
 class GatewayProcess:
     """An `mlgate serve` subprocess listening on loopback."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -188,15 +188,6 @@ async def test_write_stores_every_row(redis_server: RedisServer, redis_url: str)
     finally:
         admin.close()
         await store.close()
-
-
-@pytest.fixture
-def doomed_redis() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_stopped_redis_raises_store_unavailable_quickly(doomed_redis: RedisServer) -> None:

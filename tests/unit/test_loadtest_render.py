@@ -115,3 +115,94 @@ def test_a_configuration_that_names_another_is_shown_as_ratios(tmp_path: Path) -
         "| batching-off | baseline | predict-1 | 8 | 0.50 | 3.00 | 3.00 | - vs 3.5 |"
         in docs.read_text()
     )
+
+
+def test_batching_delays_are_shown_side_by_side_under_their_base(tmp_path: Path) -> None:
+    results = results_with(p50_us=2_000, p99_us=4_000)
+    base = results["runs"][1] | {"rows_per_batch": 3.5}
+    results["runs"][1] = base
+    for name, factor, rows in (("batching-fixed-2ms", 2, 6.0), ("batching-off", 3, None)):
+        results["configs"].append(
+            {"name": name, "description": "", "command": "mlgate serve", "compare_to": "baseline"}
+        )
+        results["runs"].append(
+            base
+            | {
+                "config": name,
+                "latency_us": {k: v * factor for k, v in base["latency_us"].items()},
+                "rows_per_batch": rows,
+            }
+        )
+    docs = tmp_path / "benchmarks.md"
+    render(results, docs)
+    text = docs.read_text()
+    section = text[text.index("## Batching delay: adaptive, fixed, none") :]
+    rows = [line for line in section.splitlines() if line.startswith("| predict-1 | 8 |")]
+    assert rows == [
+        "| predict-1 | 8 | baseline | 5600 | 2.000 | 4.000 | 3.5 |",
+        "| predict-1 | 8 | batching-fixed-2ms | 5600 | 4.000 | 8.000 | 6.0 |",
+        "| predict-1 | 8 | batching-off | 5600 | 6.000 | 12.000 | - |",
+    ]
+    # Only where the other configurations ran: concurrency 1 was baseline's alone.
+    assert "| predict-1 | 1 | baseline |" not in section
+
+
+def test_without_the_other_configurations_there_is_no_side_by_side(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    render(results_with(p50_us=2_000, p99_us=4_000), docs)
+    assert "## Batching delay" not in docs.read_text()
+
+
+def overload_section() -> dict[str, Any]:
+    capacity = {"concurrency": 16, "command": "mlgate bench run --concurrency 16"}
+    mib = 1 << 20
+    return {
+        "config": "overload",
+        "model": "heavy_mlp",
+        "scenario": "heavy-32",
+        "max_queue_size": 16,
+        "factor": 4.0,
+        "changes": {"dynamic_batching": {"max_queue_size": 16}},
+        "capacity": capacity | {"throughput_rps": 50.0, "latency_us": {"p99": 300_000.0}},
+        "offered_rps": 200.0,
+        "command": "mlgate bench run --scenario heavy-32 --rate 200 --duration 8",
+        "run": {
+            "served_rps": 49.6,
+            "refused_share": 0.7512,
+            "latency_us": {"p50": 250_000.0, "p99": 400_000.0},
+            "errors": {"http_429": 1202, "timeout": 3},
+            "error_latency_us": {"http_429": {"p50": 1_500.0, "p99": 6_000.0}},
+            "send_lag_us": {"p50": 100.0, "p99": 2_000.0},
+        },
+        "memory": {
+            "load_from_s": 0.5,
+            "load_to_s": 8.6,
+            "start_bytes": 300 * mib,
+            "peak_bytes": 310 * mib,
+            "end_bytes": 305 * mib,
+            "samples": [[0.0, 300 * mib], [4.0, 310 * mib], [9.0, 305 * mib]],
+        },
+    }
+
+
+def test_overload_shows_offered_served_429s_apart_and_the_memory_line(tmp_path: Path) -> None:
+    results = results_with(p50_us=2_000, p99_us=4_000)
+    results["overload"] = overload_section()
+    docs = tmp_path / "docs" / "benchmarks.md"
+    render(results, docs)
+    text = docs.read_text()
+    assert "## Overload: 4x capacity on a queue of 16 requests" in text
+    assert (
+        "| 200 | 50 | 75.1% | 250.000 | 400.000 | 1.500 | 6.000 | timeout: 3 | 2.000"
+        " | 300.0 | 310.0 | 305.0 |" in text
+    )
+    assert "max_queue_size: 16" in text
+    assert "![gateway memory during the overload](benchmarks-overload.png)" in text
+    assert (docs.parent / "benchmarks-overload.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_results_file_without_overload_renders_without_it(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    render(results_with(p50_us=2_000, p99_us=4_000), docs)
+    assert "## Overload" not in docs.read_text()
+    assert not (tmp_path / "benchmarks-overload.png").exists()
