@@ -252,6 +252,21 @@ class Batcher:
             for reason in RELEASE_REASONS
         }
 
+    def admit(self) -> None:
+        """Raise what `submit` would refuse any request with right now: Unavailable (closed),
+        Overloaded (queue full). Asked before a request's features are fetched, so that an
+        overloaded model sheds load before it spends a store round trip on it."""
+        if self._closed:
+            raise Unavailable("this model version is shutting down")
+        if self._queued_requests >= self._config.max_queue_size:
+            self._rejected.inc()
+            retry_after = self._retry_after_s()
+            raise Overloaded(
+                f"the queue is full ({self._queued_requests} requests waiting); "
+                f"retry in {retry_after:.3f} s",
+                retry_after,
+            )
+
     async def submit(
         self,
         inputs: Tensors,
@@ -268,8 +283,7 @@ class Batcher:
         DeadlineExceeded (still queued at the deadline: never run), Unavailable (closed), and
         the batch's failure: the GatewayError run_batch raised, else BackendError.
         """
-        if self._closed:
-            raise Unavailable("this model version is shutting down")
+        self.admit()
         level = self._level(priority)
         rows, signature = _describe(inputs)
         now = time.monotonic()
@@ -278,14 +292,6 @@ class Batcher:
         if deadline is not None and deadline <= now:
             self._expired.inc()
             raise DeadlineExceeded("the request's deadline passed before it was queued")
-        if self._queued_requests >= self._config.max_queue_size:
-            self._rejected.inc()
-            retry_after = self._retry_after_s()
-            raise Overloaded(
-                f"the queue is full ({self._queued_requests} requests waiting); "
-                f"retry in {retry_after:.3f} s",
-                retry_after,
-            )
 
         self._traffic.observe(now, rows)
         if self._runs_alone(now, rows):

@@ -605,6 +605,8 @@ class Gateway:
     ) -> tuple[Prediction, Verdict]:
         features: list[ViewRows] = []
         if entity_ids is not None and served.plan is not None:
+            if served.batcher is not None:
+                served.batcher.admit()
             features = await self._fetch(served.plan, entity_ids)
             tensor = assemble(served.plan, features, len(entity_ids))
             if overrides:

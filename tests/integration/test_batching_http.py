@@ -122,6 +122,32 @@ def test_a_full_queue_answers_429_with_retry_after(slow_batcher: GatewayProcess)
     assert "queue" in refused[0].json()["error"]
 
 
+def test_a_full_queue_refuses_an_entity_request_before_fetching_its_features(
+    slow_batcher: GatewayProcess,
+) -> None:
+    url = slow_batcher.url
+    fetches = metric(url, "mlgate_feature_fetch_duration_seconds_count")
+
+    async def refused_while_full() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            x = body(np.zeros((1, 32), np.float32))
+            filling = [
+                asyncio.create_task(client.post("/v2/models/fraud_mlp/infer", json=x))
+                for _ in range(8)
+            ]
+            for _ in range(1000):  # until the queue (4) is full
+                if await asyncio.to_thread(metric, url, "mlgate_queue_depth") >= 4:
+                    break
+                await asyncio.sleep(0.005)
+            refused = await client.post("/v1/models/fraud_mlp:predict", json={"entities": ["u1"]})
+            await asyncio.gather(*filling)
+            return refused
+
+    refused = asyncio.run(refused_while_full())
+    assert refused.status_code == 429, refused.text
+    assert metric(url, "mlgate_feature_fetch_duration_seconds_count") == fetches
+
+
 def test_a_request_past_its_deadline_is_504_and_never_runs(slow_batcher: GatewayProcess) -> None:
     # A near deadline releases the batch early; one that has passed before the batch can
     # start (1 µs here) is refused and never run.

@@ -186,9 +186,14 @@ async def test_full_queue_refuses_at_once_with_a_retry_estimate(model: str) -> N
         assert time.monotonic() - started < 0.5
         assert refused.value.retry_after_s > 0
         assert metric("mlgate_queue_rejected_total", model) == 1
+        # Asked before a request is even built, the queue answers the same.
+        with pytest.raises(Overloaded):
+            batcher.admit()
+        assert metric("mlgate_queue_rejected_total", model) == 2
         backend.gate.set()
         await asyncio.gather(blocker, *queued)
         assert 3 not in backend.seen()
+        batcher.admit()  # room again
 
 
 async def test_request_still_queued_at_its_deadline_fails_and_never_runs(model: str) -> None:
