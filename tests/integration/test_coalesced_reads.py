@@ -21,6 +21,7 @@ from feature_store.redis_store import RedisStore
 from feature_store.store import OnlineStore, Status, ViewRows
 from feature_store.views import FeatureView
 from tests.conftest import MODELS_DIR, RedisServer
+from tests.integration.test_redis_store import command_calls
 
 NOW = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -50,15 +51,6 @@ async def seed(store: OnlineStore, admin: redis.Redis) -> None:
     await store.write(RISK, ids[:18], np.arange(36).reshape(18, 2) - 5.0, times[:18])
     older = make_view("txn_stats", features=[{"name": "count"}, {"name": "amount_usd"}])
     admin.set(row_key(STATS, "old"), encode_row(older, np.ones(2), NOW))
-
-
-def command_calls(client: redis.Redis) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): int(stat["calls"])
-        for name, stat in stats.items()
-        if not name.startswith(("cmdstat_info", "cmdstat_config"))
-    }
 
 
 def assert_same_rows(got: Sequence[ViewRows], expected: Sequence[ViewRows]) -> None:
