@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -154,9 +155,7 @@ def _create_session(path: Path, options: OnnxOptions) -> Any:
         )
     providers = providers or [CPU]
     if providers != [CPU]:
-        # onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* wheels only when asked to (or
-        # after `import torch`); a no-op in the CPU package.
-        ort.preload_dlls()
+        _preload_gpu_libraries()
     try:
         return _load_session(path, session_options, providers)
     except BackendError as exc:
@@ -165,6 +164,14 @@ def _create_session(path: Path, options: OnnxOptions) -> Any:
         # A GPU provider can be present yet fail to start (driver, CUDA or cuDNN mismatch).
         logger.warning("%s; falling back to CPUExecutionProvider", exc)
     return _load_session(path, session_options, [CPU])
+
+
+@cache
+def _preload_gpu_libraries() -> None:
+    """onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* wheels only when asked to (or after
+    `import torch`): once per process, before the first GPU session. A no-op in the CPU
+    package."""
+    ort.preload_dlls()
 
 
 def _load_session(path: Path, session_options: Any, providers: Sequence[str]) -> Any:

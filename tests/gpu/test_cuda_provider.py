@@ -11,7 +11,6 @@ import asyncio
 import ctypes.util
 import importlib.util
 import logging
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +20,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-import yaml
 
+from loadtests.repository import changed_repository, merged
 from service.backends.onnx import OnnxBackend, OnnxOptions
 from tests.conftest import MODELS_DIR, start_gateway
 from tests.integration.test_batching_http import body, metric
@@ -92,15 +91,11 @@ async def test_tensorrt_runs_or_falls_back_to_cuda_with_a_warning(
 
 
 def gpu_repository(tmp: Path) -> Path:
-    """The repository's heavy_mlp with CUDA first among its providers."""
-    root = tmp / "models"
-    shutil.copytree(MODELS_DIR / "heavy_mlp", root / "heavy_mlp")
-    shutil.copy(MODELS_DIR / "feature_views.yaml", root / "feature_views.yaml")
-    config_path = root / "heavy_mlp" / "config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["onnxruntime"]["providers"] = [CUDA, CPU]
-    config_path.write_text(yaml.safe_dump(config))
-    return root
+    """The repository with CUDA first among heavy_mlp's providers."""
+    providers = {"onnxruntime": {"providers": [CUDA, CPU]}}
+    return changed_repository(
+        MODELS_DIR, tmp / "models", "heavy_mlp", lambda config: merged(config, providers)
+    )
 
 
 def test_the_gateway_batches_concurrent_requests_on_the_gpu(tmp_path: Path) -> None:
