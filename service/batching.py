@@ -29,7 +29,8 @@ from service.protocol.errors import (
 logger = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray[Any, Any]]
-RunBatch = Callable[[Tensors], Awaitable[Tensors]]
+# run_batch(inputs, deadline): the batch's earliest member deadline (time.monotonic()), or None.
+RunBatch = Callable[[Tensors, float | None], Awaitable[Tensors]]
 # (name, dtype, shape without the batch dimension) of each input, sorted by name.
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 
@@ -295,7 +296,7 @@ class Batcher:
 
         self._traffic.observe(now, rows)
         if self._runs_alone(now, rows):
-            return await self._run_alone(inputs, outputs, now, rows)
+            return await self._run_alone(inputs, outputs, now, rows, deadline)
 
         request = _Request(
             seq=next(self._seq),
@@ -331,7 +332,12 @@ class Batcher:
         )
 
     async def _run_alone(
-        self, inputs: Tensors, outputs: Sequence[str] | None, now: float, rows: int
+        self,
+        inputs: Tensors,
+        outputs: Sequence[str] | None,
+        now: float,
+        rows: int,
+        deadline: float | None,
     ) -> Tensors:
         """The batch of one request, run in its caller's task: no queue, no extra task."""
         self._wait.observe(0.0)
@@ -339,7 +345,7 @@ class Batcher:
         self._releases["idle"].inc()
         self._running += 1
         try:
-            result = await self._run_batch(dict(inputs))
+            result = await self._run_batch(dict(inputs), deadline)
             _check_rows(result, rows)
         except (GatewayError, asyncio.CancelledError):
             raise
@@ -560,7 +566,7 @@ class Batcher:
     async def _run(self, batch: list[_Chunk], rows: int) -> None:
         started = time.monotonic()
         try:
-            outputs = await self._run_batch(_assemble(batch))
+            outputs = await self._run_batch(_assemble(batch), _earliest_deadline(batch))
             _check_rows(outputs, rows)
         except GatewayError as exc:
             for chunk in batch:
@@ -632,6 +638,12 @@ def _assemble(batch: list[_Chunk]) -> Tensors:
     return {
         name: np.concatenate([chunk.inputs[name] for chunk in batch]) for name in batch[0].inputs
     }
+
+
+def _earliest_deadline(batch: list[_Chunk]) -> float | None:
+    """The first member deadline of a batch: a remote backend gives up on the batch then."""
+    deadlines = [chunk.request.deadline for chunk in batch if chunk.request.deadline is not None]
+    return min(deadlines) if deadlines else None
 
 
 def _check_rows(outputs: Tensors, rows: int) -> None:

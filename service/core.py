@@ -284,7 +284,7 @@ class Gateway:
             )
         if batching and config is not None and mv.config.max_batch_size > 0:
             served.batcher = Batcher(
-                lambda inputs: self._run_backend(mv, inputs),
+                lambda inputs, deadline: self._run_backend(mv, inputs, deadline),
                 max_batch_size=mv.config.max_batch_size,
                 config=config,
                 model=mv.model,
@@ -645,7 +645,7 @@ class Gateway:
             return await served.batcher.submit(
                 inputs, priority=scheduling.priority, deadline=scheduling.deadline
             )
-        return await self._run_backend(served.mv, inputs)
+        return await self._run_backend(served.mv, inputs, scheduling.deadline)
 
     async def _fallback(
         self,
@@ -688,11 +688,11 @@ class Gateway:
         return rows
 
     async def _run_backend(
-        self, mv: ModelVersion, inputs: dict[str, np.ndarray]
+        self, mv: ModelVersion, inputs: dict[str, np.ndarray], deadline: float | None
     ) -> dict[str, np.ndarray]:
         """One backend call over a whole batch (a request's, or the batcher's)."""
         started = time.perf_counter()
-        outputs = await mv.backend.infer(inputs)
+        outputs = await mv.backend.infer(inputs, deadline=deadline)
         metrics.inference_latency(mv.model, mv.version).observe(time.perf_counter() - started)
         return outputs
 

@@ -37,7 +37,7 @@ class Doubler:
         self.peak = 0
         self._running_changed = asyncio.Condition()
 
-    async def __call__(self, inputs: Tensors) -> Tensors:
+    async def __call__(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
         self.batches.append(inputs["x"][:, 0].tolist())
         self.running += 1
         self.peak = max(self.peak, self.running)
@@ -139,7 +139,7 @@ async def test_requests_are_never_split_to_fill_a_batch(model: str) -> None:
 
 
 async def test_requests_with_different_row_shapes_do_not_share_a_batch(model: str) -> None:
-    async def first_column_doubled(inputs: Tensors) -> Tensors:
+    async def first_column_doubled(inputs: Tensors, deadline: float | None = None) -> Tensors:
         return {"y": inputs["x"][:, :1] * 2}
 
     batcher = make(first_column_doubled, model)
@@ -373,7 +373,7 @@ async def test_batches_run_concurrently_up_to_instances(model: str) -> None:
 async def test_backend_exception_fails_only_its_batch_with_a_backend_error(model: str) -> None:
     backend = Doubler()
 
-    async def fails_on_negative(inputs: Tensors) -> Tensors:
+    async def fails_on_negative(inputs: Tensors, deadline: float | None = None) -> Tensors:
         if (inputs["x"] < 0).any():
             raise RuntimeError("negative input\nTraceback (most recent call last): ...")
         return await backend(inputs)
@@ -390,7 +390,7 @@ async def test_backend_exception_fails_only_its_batch_with_a_backend_error(model
 
 
 async def test_gateway_error_from_the_backend_reaches_callers_unchanged(model: str) -> None:
-    async def store_down(inputs: Tensors) -> Tensors:
+    async def store_down(inputs: Tensors, deadline: float | None = None) -> Tensors:
         raise Unavailable("feature store unreachable")
 
     batcher = make(store_down, model)
@@ -399,7 +399,7 @@ async def test_gateway_error_from_the_backend_reaches_callers_unchanged(model: s
 
 
 async def test_backend_answer_with_wrong_rows_is_a_backend_error(model: str) -> None:
-    async def one_row_short(inputs: Tensors) -> Tensors:
+    async def one_row_short(inputs: Tensors, deadline: float | None = None) -> Tensors:
         return {"y": inputs["x"][1:]}
 
     batcher = make(one_row_short, model)
@@ -437,7 +437,7 @@ async def test_adaptive_never_delays_a_client_that_waits_for_each_answer(model: 
 async def test_adaptive_runs_a_lone_request_in_its_callers_task(model: str) -> None:
     tasks: list[asyncio.Task[Any] | None] = []
 
-    async def run_batch(inputs: Tensors) -> Tensors:
+    async def run_batch(inputs: Tensors, deadline: float | None = None) -> Tensors:
         tasks.append(asyncio.current_task())
         return {"y": inputs["x"] * 2}
 
@@ -505,7 +505,7 @@ async def test_onnx_model_answers_each_caller_as_if_run_alone(model: str) -> Non
 
     names = [out.name for out in session.get_outputs()]
 
-    async def run_batch(inputs: Tensors) -> Tensors:
+    async def run_batch(inputs: Tensors, deadline: float | None = None) -> Tensors:
         results = await asyncio.to_thread(session.run, names, inputs)
         return dict(zip(names, results, strict=True))
 
@@ -518,3 +518,24 @@ async def test_onnx_model_answers_each_caller_as_if_run_alone(model: str) -> Non
         assert list(answer) == names
         for name, expected in zip(names, alone, strict=True):
             np.testing.assert_allclose(answer[name], expected, rtol=1e-5, atol=1e-6)
+
+
+async def test_a_batch_runs_with_its_earliest_member_deadline(model: str) -> None:
+    given: list[float | None] = []
+
+    async def run_batch(inputs: Tensors, deadline: float | None = None) -> Tensors:
+        given.append(deadline)
+        return {"y": inputs["x"] * 2}
+
+    batcher = make(run_batch, model, max_queue_delay_us=1_000_000, preferred_batch_sizes=[3])
+    now = time.monotonic()
+    soon, later = now + 5.0, now + 9.0
+    async with asyncio.timeout(5):
+        await asyncio.gather(
+            batcher.submit(rows(1), deadline=later),
+            batcher.submit(rows(2)),
+            batcher.submit(rows(3), deadline=soon),
+        )
+        await batcher.submit(rows(4))
+    assert given[0] == soon  # the three ran as one batch, cut at its first member's deadline
+    assert given[-1] is None  # no member with a deadline: none handed on

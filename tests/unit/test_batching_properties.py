@@ -53,7 +53,7 @@ class Recorder:
         self.seconds = seconds
         self.batches: list[tuple[list[int], bool]] = []  # row ids, failed
 
-    async def __call__(self, inputs: Tensors) -> Tensors:
+    async def __call__(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
         ids = inputs["id"].tolist()
         failed = bool(inputs["poison"].any())
         self.batches.append((ids, failed))
