@@ -1,12 +1,12 @@
-"""The HTTP front: routes only. Each handler decodes, calls the core, encodes."""
+"""The HTTP front: routes only. Each handler decodes, calls the pipeline, encodes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -16,22 +16,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from feature_store.errors import FeatureStoreError, StoreUnavailable
+from service import __version__
 from service.admin import install_admin
-from service.core import Gateway, Scheduling
-from service.grpc_server import GrpcFront
-from service.lifecycle import Lifecycle
 from service.metrics_export import render_metrics
+from service.pipeline.pipeline import Pipeline
+from service.pipeline.request import RequestContext
 from service.protocol import json_codec
-from service.protocol.errors import (
-    GatewayError,
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    Unavailable,
-)
-from service.routing import VERSION_HEADER, explicit_version
+from service.protocol.bodies import FeaturePushBody, PredictBody
+from service.protocol.errors import GatewayError, InvalidInput, PayloadTooLarge
+from service.routing import VERSION_HEADER
 from service.settings import Settings
+from service.validation import describe
 
 log = logging.getLogger(__name__)
 
@@ -123,37 +118,23 @@ async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any]) ->
     handler.cancel()
 
 
-def create_app(settings: Settings) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.gateway = await Gateway.start(settings)
-        lifecycle = None
-        grpc_front = None
-        try:
-            # Before any front opens: a worker takes up the shared routing policy first.
-            lifecycle = app.state.lifecycle = await Lifecycle.start(app.state.gateway, settings)
-            if settings.grpc_port is not None:
-                grpc_front = await GrpcFront.start(app.state.gateway, settings)
-            yield
-        finally:
-            if grpc_front is not None:
-                await grpc_front.stop()
-            if lifecycle is not None:
-                await lifecycle.close()
-            await app.state.gateway.close()
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
+
+def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
+    """The HTTP routes; `lifespan` puts the pipeline and the lifecycle on `app.state`."""
     app = FastAPI(
         title="mlgate",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
     )
     limit = settings.max_body_bytes
 
-    def gateway(request: Request) -> Gateway:
-        gw: Gateway = request.app.state.gateway
-        return gw
+    def pipeline(request: Request) -> Pipeline:
+        found: Pipeline = request.app.state.pipeline
+        return found
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:
@@ -168,7 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return json_response({"error": f"invalid request: {exc.errors()[0].get('msg')}"}, 400)
+        return json_response({"error": f"invalid request: {describe(exc)}"}, 400)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone) -> Response:
@@ -193,12 +174,15 @@ def create_app(settings: Settings) -> FastAPI:
         if header is not None and not header.isdigit():
             raise InvalidInput(f"{json_codec.HEADER_LENGTH} must be a byte count")
         decoded = json_codec.decode_infer_request(body, None if header is None else int(header))
-        decoded.deadline = header_deadline(request)
-        version = version or request.headers.get(VERSION_HEADER)
-        gw = gateway(request)
-        batched = gw.served(model, version).batcher is not None
-        work = gw.infer(model, version, decoded, "infer")
-        result = await (unless_disconnected(request, work) if batched else work)
+        ctx = RequestContext(
+            "infer",
+            model,
+            version or request.headers.get(VERSION_HEADER),
+            request_id=decoded.id or "",
+            deadline=header_deadline(request),
+            outputs=decoded.outputs,
+        )
+        result = await unless_disconnected(request, pipeline(request).infer(ctx, decoded))
         payload, json_size = json_codec.encode_infer_response(
             result, decoded.binary_outputs, decoded.binary_all_outputs
         )
@@ -213,22 +197,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def predict(request: Request) -> Response:
         model, version = path_model_version(request)
-        doc = json_codec.loads(await read_body(request, limit))
-        if not isinstance(doc, dict) or not isinstance(doc.get("entities"), list):
-            raise InvalidInput("body must be an object with an 'entities' list")
-        overrides = doc.get("features")
-        if overrides is not None and not isinstance(overrides, dict):
-            raise InvalidInput("'features' must be an object of feature name -> value(s)")
-        parameters = doc.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InvalidInput("'parameters' must be an object")
-        scheduling = Scheduling.from_parameters(parameters, header_deadline(request))
-        request_id = doc.get("request_id") or request.headers.get("x-request-id")
-        version = explicit_version(version, request.headers.get(VERSION_HEADER), parameters)
-        gw = gateway(request)
-        batched = gw.served(model, version).batcher is not None
-        work = gw.predict(model, version, doc["entities"], overrides, request_id, scheduling)
-        result = await (unless_disconnected(request, work) if batched else work)
+        body = PredictBody.of(json_codec.loads(await read_body(request, limit)))
+        ctx = RequestContext(
+            "predict",
+            model,
+            version or request.headers.get(VERSION_HEADER),
+            request_id=body.request_id or request.headers.get("x-request-id") or "",
+            deadline=header_deadline(request),
+        )
+        work = pipeline(request).predict(ctx, body.entities, body.features, body.parameters)
+        result = await unless_disconnected(request, work)
         return json_response(
             {
                 "model": result.model,
@@ -254,23 +232,23 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v2/health/ready")
     async def ready(request: Request) -> Response:
-        ok = await gateway(request).ready()
+        ok = await pipeline(request).ready()
         return json_response({"ready": ok}, 200 if ok else 503)
 
     @app.get("/v2")
     async def server_metadata(request: Request) -> Response:
-        return json_response(gateway(request).server_metadata())
+        return json_response(pipeline(request).server_metadata())
 
     @app.get("/v2/models/{model}")
     @app.get("/v2/models/{model}/versions/{version}")
     async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
-        return json_response(gateway(request).model_metadata(model, version))
+        return json_response(pipeline(request).model_metadata(model, version))
 
     @app.get("/v2/models/{model}/ready")
     @app.get("/v2/models/{model}/versions/{version}/ready")
     async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
-        served = gateway(request).served(model, version)
-        return json_response({"name": served.mv.model, "ready": True})
+        served = pipeline(request).route.version(model, version)
+        return json_response({"name": served.model, "ready": True})
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -280,25 +258,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/features/{view_name}")
     async def push_features(request: Request, view_name: str) -> Response:
-        gw = gateway(request)
-        view = gw.views.get(view_name)
-        if view is None:
-            raise NotFound(f"unknown feature view '{view_name}'; available: {', '.join(gw.views)}")
-        doc = json_codec.loads(await read_body(request, limit))
-        rows = doc.get("rows") if isinstance(doc, dict) else None
-        if not isinstance(rows, list) or not rows:
-            raise InvalidInput("body must be an object with a non-empty 'rows' list")
-        ids, values = rows_to_matrix(view.entity, view.feature_names, view.np_dtype, rows)
-        event_time = doc.get("event_time_ms")
-        if event_time is not None and not isinstance(event_time, int):
-            raise InvalidInput("'event_time_ms' must be an integer (ms since the epoch)")
-        try:
-            await gw.store.write(view, ids, values, event_time)
-        except StoreUnavailable as exc:
-            log.warning("%s", exc)
-            raise Unavailable("feature store unavailable; retry later") from None
-        except FeatureStoreError as exc:
-            raise InvalidInput(str(exc)) from None
+        features = pipeline(request).features
+        view = features.view(view_name)
+        body = FeaturePushBody.of(json_codec.loads(await read_body(request, limit)))
+        ids, values = rows_to_matrix(view.entity, view.feature_names, view.np_dtype, body.rows)
+        await features.push(view, ids, values, body.event_time_ms)
         return json_response({"view": view.name, "written": len(ids)})
 
     install_admin(app, settings)
@@ -345,8 +309,3 @@ def rows_to_matrix(
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise InvalidInput("feature values must be finite")
     return ids, values
-
-
-def create_app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: each process reads its settings from MLGATE_*."""
-    return create_app(Settings())

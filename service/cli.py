@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(
-        "service.app:create_app_from_env",
+        "service.server:create_app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,

@@ -1,8 +1,8 @@
-"""The gRPC front: the Open Inference Protocol's GRPCInferenceService on the shared Gateway.
+"""The gRPC front: the Open Inference Protocol's GRPCInferenceService on the shared Pipeline.
 
-Handlers decode, call the core, encode, like the HTTP routes. The server runs on the HTTP
-front's event loop (started from its lifespan), so both fronts share one Gateway, its model
-sessions, store connections and metrics. Beside the inference service it serves
+Handlers decode, call the pipeline, encode, like the HTTP routes. The composition root
+(service/server.py) starts it on the HTTP front's event loop, so both fronts share one
+pipeline, its model sessions, store connections and metrics. Beside the inference service it serves
 grpc.health.v1 (for Kubernetes gRPC probes) and server reflection (for grpcurl).
 """
 
@@ -21,7 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from service.core import Gateway
+from service.pipeline.pipeline import Pipeline
+from service.pipeline.request import RequestContext
 from service.protocol.grpc_codec import (
     Message,
     decode_infer_request,
@@ -29,6 +30,7 @@ from service.protocol.grpc_codec import (
     grpc_status,
     stream_error,
 )
+from service.protocol.v2 import InferRequest
 from service.repository import PLATFORMS, ModelConfig, TensorSpec
 from service.settings import Settings
 
@@ -71,8 +73,8 @@ def client_deadline(context: ServicerContext) -> float | None:
 class InferenceServicer:
     """inference.GRPCInferenceService: health, metadata, config and inference."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
 
     @unary
     async def ServerLive(self, request: Message, context: ServicerContext) -> Message:
@@ -80,34 +82,32 @@ class InferenceServicer:
 
     @unary
     async def ServerReady(self, request: Message, context: ServicerContext) -> Message:
-        return service_pb2.ServerReadyResponse(ready=await self.gateway.ready())
+        return service_pb2.ServerReadyResponse(ready=await self.pipeline.ready())
 
     @unary
     async def ModelReady(self, request: Message, context: ServicerContext) -> Message:
-        self.gateway.served(request.name, request.version)
+        self.pipeline.route.version(request.name, request.version)
         return service_pb2.ModelReadyResponse(ready=True)
 
     @unary
     async def ServerMetadata(self, request: Message, context: ServicerContext) -> Message:
-        return service_pb2.ServerMetadataResponse(**self.gateway.server_metadata())
+        return service_pb2.ServerMetadataResponse(**self.pipeline.server_metadata())
 
     @unary
     async def ModelMetadata(self, request: Message, context: ServicerContext) -> Message:
         return service_pb2.ModelMetadataResponse(
-            **self.gateway.model_metadata(request.name, request.version)
+            **self.pipeline.model_metadata(request.name, request.version)
         )
 
     @unary
     async def ModelConfig(self, request: Message, context: ServicerContext) -> Message:
-        served = self.gateway.served(request.name, request.version)
+        served = self.pipeline.route.version(request.name, request.version)
         return service_pb2.ModelConfigResponse(config=model_config_message(served.mv.config))
 
     @unary
     async def ModelInfer(self, request: Message, context: ServicerContext) -> Message:
         decoded = decode_infer_request(request, client_deadline(context))
-        result = await self.gateway.infer(
-            request.model_name, request.model_version, decoded, "grpc_infer"
-        )
+        result = await self.pipeline.infer(context_of("grpc_infer", request, decoded), decoded)
         return encode_infer_response(result, raw=decoded.binary_all_outputs)
 
     async def ModelStreamInfer(
@@ -142,14 +142,23 @@ class InferenceServicer:
     async def _stream_answer(self, request: Message, deadline: float | None) -> Message:
         try:
             decoded = decode_infer_request(request, deadline)
-            result = await self.gateway.infer(
-                request.model_name, request.model_version, decoded, "grpc_stream"
-            )
+            result = await self.pipeline.infer(context_of("grpc_stream", request, decoded), decoded)
         except Exception as exc:
             return stream_error(grpc_status(exc)[1], request.id)
         return service_pb2.ModelStreamInferResponse(
             infer_response=encode_infer_response(result, raw=decoded.binary_all_outputs)
         )
+
+
+def context_of(endpoint: str, request: Message, decoded: InferRequest) -> RequestContext:
+    return RequestContext(
+        endpoint,
+        request.model_name,
+        request.model_version or None,
+        request_id=decoded.id or "",
+        deadline=decoded.deadline,
+        outputs=decoded.outputs,
+    )
 
 
 def _not_served(name: str) -> Unary:
@@ -198,10 +207,10 @@ def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
 class GrpcFront:
     """The grpc.aio server: inference, health and reflection services on one port."""
 
-    def __init__(self, gateway: Gateway, settings: Settings) -> None:
+    def __init__(self, pipeline: Pipeline, settings: Settings) -> None:
         assert settings.grpc_port is not None
         limit = settings.grpc_max_message_bytes
-        self._gateway = gateway
+        self._pipeline = pipeline
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
@@ -211,7 +220,7 @@ class GrpcFront:
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(gateway), self._server
+            InferenceServicer(pipeline), self._server
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -225,10 +234,10 @@ class GrpcFront:
         self._poller: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, gateway: Gateway, settings: Settings) -> GrpcFront:
-        front = cls(gateway, settings)
+    async def start(cls, pipeline: Pipeline, settings: Settings) -> GrpcFront:
+        front = cls(pipeline, settings)
         await front._update_readiness()
-        for model in gateway.repository.models:
+        for model in pipeline.registry.models:
             await front._health.set(model, health_pb2.HealthCheckResponse.SERVING)
         await front._server.start()
         front._poller = asyncio.create_task(front._poll_readiness())
@@ -247,9 +256,9 @@ class GrpcFront:
             await self._update_readiness()
 
     async def _update_readiness(self) -> None:
-        """The server-wide status ("" and the inference service) follows Gateway.ready()."""
+        """The server-wide status ("" and the inference service) follows Pipeline.ready()."""
         try:
-            ready = await self._gateway.ready()
+            ready = await self._pipeline.ready()
         except Exception:
             # The poller must outlive a surprise, or the status would freeze at its last value.
             log.exception("readiness check failed")

@@ -26,10 +26,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from service import metrics
-from service.core import Gateway
+from service.pipeline.pipeline import Pipeline
+from service.pipeline.served import Registry
 from service.policy_store import Doc, PolicyStore, open_policy_store
 from service.protocol.errors import Conflict, GatewayError, InvalidInput, NotFound, Unprocessable
-from service.repository import CONFIG_FILE, MODEL_FILE, ConfigError, read_config
+from service.repository import CONFIG_FILE, MODEL_FILE, ConfigError, Repository, read_config
 from service.routing import (
     HISTORY,
     WINDOW_BUCKETS,
@@ -67,32 +68,34 @@ class Lifecycle:
     """The admin API's operations, the policy store's listener, the rollout judge and the
     repository watch of one process."""
 
-    def __init__(self, gateway: Gateway, store: PolicyStore, watch_s: float) -> None:
-        self.gateway = gateway
-        self.router = gateway.router
+    def __init__(
+        self, pipeline: Pipeline, repository: Repository, store: PolicyStore, watch_s: float
+    ) -> None:
+        self.registry = pipeline.registry
+        self.router = pipeline.router
+        # Where versions loaded at runtime come from.
+        self.repository = repository
         self.store = store
         self._watch_s = watch_s
         # One reconciliation or change at a time: loading a version takes a while.
         self._lock = asyncio.Lock()
-        # (model, version) -> the reload generation this process loaded.
-        self._generations: dict[tuple[str, str], int] = {}
         # model -> when this process took up its current policy (ms since the epoch).
         self._applied_ms: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    async def start(cls, gateway: Gateway, settings: Settings) -> Lifecycle:
+    async def start(
+        cls, pipeline: Pipeline, repository: Repository, settings: Settings
+    ) -> Lifecycle:
         overrides = read_routing_file(settings.routing) if settings.routing is not None else {}
-        unknown = sorted(set(overrides) - set(gateway.repository.models))
+        unknown = sorted(set(overrides) - set(pipeline.registry.models))
         if unknown:
             raise ConfigError(f"{settings.routing}: no model {', '.join(unknown)} to route")
         store = open_policy_store(settings.policy_store or "memory://")
-        lifecycle = cls(gateway, store, settings.watch_models_s)
-        for model in gateway.repository.models:
-            loaded = gateway.loaded(model)
-            for version in loaded:
-                lifecycle._generations[(model, version)] = 0
-            initial = gateway.router.policy(model)
+        lifecycle = cls(pipeline, repository, store, settings.watch_models_s)
+        for model in pipeline.registry.models:
+            loaded = pipeline.registry.loaded(model)
+            initial = pipeline.router.policy(model)
             section = overrides.get(model)
             if section is not None:
                 initial = initial_policy(section, section.stable or initial.stable, loaded)
@@ -121,7 +124,7 @@ class Lifecycle:
     # ---- views ---------------------------------------------------------------------
 
     def models(self) -> list[str]:
-        return sorted(self.gateway.repository.models)
+        return sorted(self.registry.models)
 
     def policy(self, model: str) -> ModelPolicy:
         try:
@@ -145,7 +148,7 @@ class Lifecycle:
             # workers, each says how long a change took to reach it.
             "process": os.getpid(),
             "applied_at_ms": self._applied_ms.get(model),
-            "loaded": self.gateway.loaded(model),
+            "loaded": self.registry.loaded(model),
             "policy": policy.model_dump(mode="json", exclude={"history"}),
             "window": {
                 "seconds": self.router.window_s(model),
@@ -205,9 +208,10 @@ class Lifecycle:
         """Load `version` here, warmed up, then ask every process to keep it loaded."""
         self.policy(model)
         async with self._lock:
-            if version not in self.gateway.loaded(model):
-                await self._open(model, version, "load")
-            self._generations[(model, version)] = self.policy(model).versions.get(version, 0)
+            generation = self.policy(model).versions.get(version, 0)
+            if version not in self.registry.loaded(model):
+                await self._open(model, version, "load", generation)
+            self.registry.get(model, version).generation = generation
 
             def change(policy: ModelPolicy) -> None:
                 if version in policy.versions:
@@ -221,11 +225,10 @@ class Lifecycle:
         """Reload `version` from disk everywhere; each process drains the copy it replaces."""
         self.policy(model)
         async with self._lock:
-            if version not in self.gateway.loaded(model):
+            if version not in self.registry.loaded(model):
                 raise NotFound(f"model '{model}' has no version '{version}' loaded")
-            await self._open(model, version, "reload")
             generation = self.policy(model).versions.get(version, 0) + 1
-            self._generations[(model, version)] = generation
+            await self._open(model, version, "reload", generation)
 
             def change(policy: ModelPolicy) -> None:
                 policy.versions[version] = generation
@@ -237,7 +240,7 @@ class Lifecycle:
         """Unload `version` everywhere, once its requests in flight are answered."""
 
         def change(policy: ModelPolicy) -> None:
-            if version in _referenced(policy, self.gateway, model):
+            if version in _referenced(policy, self.registry, model):
                 raise Conflict(
                     f"version '{version}' is in the routing policy or is the fallback version; "
                     "take it out of the policy first"
@@ -246,7 +249,9 @@ class Lifecycle:
                 raise _Unchanged
             del policy.versions[version]
 
-        if version not in self.policy(model).versions and version not in self.gateway.loaded(model):
+        if version not in self.policy(model).versions and version not in self.registry.loaded(
+            model
+        ):
             raise NotFound(f"model '{model}' has no version '{version}' loaded")
         policy, _ = await self._change(model, who, "unload", change)
         return policy
@@ -278,7 +283,7 @@ class Lifecycle:
     async def _heard(self, model: str | None) -> None:
         """The store says `model`'s policy (None: any) changed; take it up."""
         for name in self.models() if model is None else [model]:
-            if name not in self.gateway.repository.models:
+            if name not in self.registry.models:
                 continue  # a model this process does not serve
             try:
                 doc = await self.store.read(name)
@@ -354,32 +359,37 @@ class Lifecycle:
         current = self.router.policy(model)
         if not force and policy.revision <= current.revision:
             return
-        wanted = {**dict.fromkeys(_referenced(policy, self.gateway, model), 0), **policy.versions}
+        wanted = {**dict.fromkeys(_referenced(policy, self.registry, model), 0), **policy.versions}
         for version, generation in sorted(wanted.items()):
-            held = self._generations.get((model, version))
-            if held is None or held < generation:
+            held = self.registry.find(model, version)
+            if held is None or held.generation < generation:
                 with contextlib.suppress(GatewayError):
-                    await self._open(model, version, "load" if held is None else "reload")
-                    self._generations[(model, version)] = generation
+                    await self._open(
+                        model, version, "load" if held is None else "reload", generation
+                    )
         self.router.set(model, policy)
         self._applied_ms[model] = now_ms()
-        for version in self.gateway.loaded(model):
+        for version in self.registry.loaded(model):
             if version not in wanted:
-                await self.gateway.uninstall(model, version)
-                self._generations.pop((model, version), None)
+                await self.registry.uninstall(model, version)
                 metrics.MODEL_LIFECYCLE.labels(model, version, "unload", "ok").inc()
                 log.info("unloaded %s version %s", model, version)
 
-    async def _open(self, model: str, version: str, action: str) -> None:
-        """Open, warm up and swap in `version`; Unprocessable says why it cannot serve.
-        The lock is held."""
+    async def _open(
+        self, model: str, version: str, action: str, generation: int | None = None
+    ) -> None:
+        """Open, warm up and swap in `version` as of reload `generation` (None: the one it has);
+        Unprocessable says why it cannot serve. The lock is held."""
+        if generation is None:
+            held = self.registry.find(model, version)
+            generation = 0 if held is None else held.generation
         try:
-            mv = await self.gateway.repository.open_version(model, version)
+            mv = await self.repository.open_version(model, version)
         except ConfigError as exc:
             metrics.MODEL_LIFECYCLE.labels(model, version, action, "failed").inc()
             log.error("could not %s %s version %s:\n%s", action, model, version, exc)
             raise Unprocessable(f"cannot {action} version '{version}': {exc}") from None
-        await self.gateway.install(mv)
+        await self.registry.install(mv, generation)
         metrics.MODEL_LIFECYCLE.labels(model, version, action, "ok").inc()
         log.info("%sed %s version %s", action.removesuffix("e"), model, version)
 
@@ -435,7 +445,7 @@ class Lifecycle:
                 log.exception("repository watch: this round failed")
 
     def _scan(self) -> Scan:
-        root = self.gateway.repository.root
+        root = self.repository.root
         scan: Scan = {}
         if root is None:
             return scan
@@ -465,7 +475,7 @@ class Lifecycle:
                         await self.load(model, version, "repository-watch")
                     elif version not in now:
                         await self.unload(model, version, "repository-watch")
-                    elif version in self.gateway.loaded(model):
+                    elif version in self.registry.loaded(model):
                         # Every process sees the new file: each reloads its own copy.
                         async with self._lock:
                             await self._open(model, version, "reload")
@@ -475,7 +485,7 @@ class Lifecycle:
     async def _config_changed(self, model: str) -> None:
         """A new config.yaml: every loaded version is reloaded with it, and a changed routing
         section replaces the policy."""
-        root = self.gateway.repository.root
+        root = self.repository.root
         assert root is not None
         try:
             config = read_config(root / model / CONFIG_FILE)
@@ -483,7 +493,7 @@ class Lifecycle:
             log.error("repository watch: %s", exc)
             return
         async with self._lock:
-            for version in self.gateway.loaded(model):
+            for version in self.registry.loaded(model):
                 with contextlib.suppress(GatewayError):
                     await self._open(model, version, "reload")
         current = self.policy(model)
@@ -531,9 +541,9 @@ def _set_routing(policy: ModelPolicy, routing: RoutingConfig) -> None:
     policy.routing = routing
 
 
-def _referenced(policy: ModelPolicy, gateway: Gateway, model: str) -> set[str]:
+def _referenced(policy: ModelPolicy, registry: Registry, model: str) -> set[str]:
     named = policy.routing.versions()
-    fallback = gateway.repository.models[model].config.guard.fallback
+    fallback = registry.model(model).config.guard.fallback
     if fallback is not None and fallback.version is not None:
         named.add(fallback.version)
     return named

@@ -6,10 +6,17 @@ A misspelt key is named as unknown before the field it was meant to be is named 
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 
-def problems(exc: ValidationError) -> list[str]:
+class Refusal(Protocol):
+    """pydantic's ValidationError, or FastAPI's RequestValidationError."""
+
+    def errors(self) -> Sequence[Mapping[str, Any]]: ...
+
+
+def problems(exc: Refusal) -> list[str]:
     """One "where: what" line per error, unknown fields first."""
     errors = sorted(exc.errors(), key=lambda err: err["type"] != "extra_forbidden")
     lines = []
@@ -20,6 +27,6 @@ def problems(exc: ValidationError) -> list[str]:
     return lines
 
 
-def describe(exc: ValidationError) -> str:
+def describe(exc: Refusal) -> str:
     """Every problem on one line."""
     return "; ".join(problems(exc))

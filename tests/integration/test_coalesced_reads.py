@@ -303,7 +303,8 @@ async def test_gateway_predictions_of_concurrent_requests_share_one_mget(
 ) -> None:
     from feature_store.loader import seed_synthetic
     from feature_store.views import load_views
-    from service import core
+    from service.pipeline.request import RequestContext
+    from service.server import serving
     from service.settings import Settings
 
     views = load_views(MODELS_DIR / "feature_views.yaml")
@@ -319,19 +320,18 @@ async def test_gateway_predictions_of_concurrent_requests_share_one_mget(
             config = Settings(
                 models=MODELS_DIR, feature_store=redis_url, audit="none", coalesce_reads=coalesce
             )
-            gateway = await core.Gateway.start(config)
-            try:
-                await gateway.ready()  # the pooled connection exists
+            async with serving(config) as (pipeline, _):
+                await pipeline.ready()  # the pooled connection exists
                 admin.config_resetstat()
                 predictions = await asyncio.gather(
                     *(
-                        gateway.predict("fraud_mlp", "2", [f"u{i}", "u99"], None, None)
+                        pipeline.predict(
+                            RequestContext("predict", "fraud_mlp", "2"), [f"u{i}", "u99"], None, {}
+                        )
                         for i in range(16)
                     )
                 )
                 mgets = command_calls(admin).get("mget", 0)
-            finally:
-                await gateway.close()
             assert mgets == (1 if coalesce else 16)
             answers[coalesce] = [p.outputs["probability"].reshape(-1).tolist() for p in predictions]
     finally:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
-from service.core import Gateway
+from service.pipeline.pipeline import Pipeline
 from service.protocol.errors import Overloaded
+from service.server import create_app
 from service.settings import Settings
 from tests.conftest import MODELS_DIR
 
@@ -48,14 +48,14 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def failing_gateway(app: FastAPI, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
-    """Every predict and infer call on `app`'s gateway raises `error`."""
+    """Every predict and infer call on `app`'s pipeline raises `error`."""
 
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    gw: Gateway = app.state.gateway
-    monkeypatch.setattr(gw, "predict", fail)
-    monkeypatch.setattr(gw, "infer", fail)
+    pipeline: Pipeline = app.state.pipeline
+    monkeypatch.setattr(pipeline, "predict", fail)
+    monkeypatch.setattr(pipeline, "infer", fail)
 
 
 async def test_version_query_parameter_picks_the_version_on_routes_without_one(

@@ -19,6 +19,7 @@ import yaml
 
 from service.backends.onnx import OnnxBackend
 from service.backends.triton import TritonBackend, TritonOptions
+from service.pipeline.request import RequestContext
 from service.protocol.errors import (
     BackendError,
     DeadlineExceeded,
@@ -26,7 +27,10 @@ from service.protocol.errors import (
     InvalidInput,
     Unavailable,
 )
+from service.protocol.v2 import InferRequest
 from service.repository import ConfigError, Repository, check_repository, read_config
+from service.server import serving
+from service.settings import Settings
 from tests.conftest import MODELS_DIR
 from tests.triton_support import (
     FAULTY_MESSAGE,
@@ -384,3 +388,37 @@ def test_models_check_reads_tritons_metadata(triton: TritonServer, tmp_path: Pat
         f"Triton model 'fraud_mlp' version 2: no output 'score' as {config_path} outputs[0].name "
         "declares (the graph has: probability)",
     ]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_requests_deadline_cuts_a_triton_call_through_the_whole_pipeline(
+    triton: TritonServer, protocol: str, tmp_path: Path
+) -> None:
+    # Version 3 is Triton's faulty model, which sleeps its first feature's seconds; the
+    # configured timeout is far longer than the client's 50 ms deadline.
+    write_repository(
+        tmp_path,
+        **mixed(
+            address(triton, protocol),
+            protocol,
+            model_name="fraud_mlp_faulty",
+            model_versions={"3": "1"},
+            timeout_s=5.0,
+        ),
+    )
+    settings = Settings(
+        models=tmp_path,
+        views=MODELS_DIR / "feature_views.yaml",
+        feature_store="memory://",
+        demo_entities=0,
+        audit="none",
+    )
+    inputs = features(1)
+    inputs["features"][0, 0] = 1.0
+    async with serving(settings) as (pipeline, _):
+        started = time.monotonic()
+        ctx = RequestContext("infer", "fraud_mlp", "3", deadline=started + 0.05)
+        with pytest.raises(DeadlineExceeded):
+            await pipeline.infer(ctx, InferRequest(inputs=inputs))
+        took = time.monotonic() - started
+    assert took < 0.5  # cut at the client's 50 ms, not at the 1 s sleep or the 5 s timeout

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from service.core import abs_diff
+from service.pipeline.shadow import abs_diff
 from service.protocol.errors import InvalidInput
 from service.routing import (
     CanaryConfig,
