@@ -82,6 +82,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     suite.add_argument("--views", type=Path, default=DEFAULT_VIEWS)
     suite.add_argument("--results-dir", type=Path, default=Path("loadtests/results"))
     suite.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
+    suite.add_argument(
+        "--against",
+        type=Path,
+        metavar="EARLIER.json",
+        help="a results file of another tree: the page shows every shared point's ratio",
+    )
     suite.set_defaults(func=cmd_suite)
 
     render = commands.add_parser("render", help="regenerate docs/benchmarks.md from a results file")
@@ -277,6 +283,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         views=args.views,
         results_dir=args.results_dir,
         docs=args.docs,
+        against=args.against,
     )
     run_suite(settings)
     return 0

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from loadtests.against import section as against_section
 from loadtests.configs import SIDE_BY_SIDE
 from loadtests.render_gpu import gpu_section, latest_gpu_results
 from loadtests.report import mib, ms
@@ -118,6 +119,7 @@ def markdown(
     lines += _triton_section(results)
     lines += _overload_section(results.get("overload"), memory_plot_name)
     lines += gpu_section(latest_gpu_results())
+    lines += against_section(results)
     lines += [
         "",
         "## Latency against throughput",

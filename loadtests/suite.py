@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import orjson
 
+from loadtests import against
 from loadtests.configs import CONFIGS, GatewayConfig
 from loadtests.floor import format_floor, measure_floor
 from loadtests.generator import LoadSpec, RunResult
@@ -82,6 +83,8 @@ class SuiteSettings:
     views: Path
     results_dir: Path
     docs: Path
+    # An earlier run's results file, shown beside this run's (loadtests/against.py).
+    against: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.configs if c not in CONFIGS]
@@ -111,6 +114,9 @@ def run_suite(settings: SuiteSettings) -> Path:
         "configs": [],
         "runs": [],
     }
+    if settings.against is not None:
+        earlier = orjson.loads(settings.against.read_bytes())
+        results["against"] = against.summary(earlier, settings.against)
     clock = time.monotonic()
     with redis_server() as redis_url, tempfile.TemporaryDirectory() as logs:
         took = asyncio.run(seed(redis_url, settings.views, settings.entities))

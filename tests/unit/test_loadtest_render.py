@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from loadtests import against
 from loadtests.generator import RunResult
 from loadtests.render import render
 from loadtests.suite import summarise
@@ -206,3 +207,23 @@ def test_a_results_file_without_overload_renders_without_it(tmp_path: Path) -> N
     render(results_with(p50_us=2_000, p99_us=4_000), docs)
     assert "## Overload" not in docs.read_text()
     assert not (tmp_path / "benchmarks-overload.png").exists()
+
+
+def test_an_earlier_trees_points_are_shown_as_ratios_and_slower_ones_marked(
+    tmp_path: Path,
+) -> None:
+    earlier = results_with(p50_us=1_000, p99_us=3_000)
+    earlier["machine"]["commit"] = "0ld0ld0"
+    earlier["runs"][1]["throughput_rps"] = 5600 / 0.9  # c=8 was faster then
+    results = results_with(p50_us=2_000, p99_us=4_000)
+    results["against"] = against.summary(earlier, Path("loadtests/results/earlier.json"))
+    docs = tmp_path / "benchmarks.md"
+    render(results, docs)
+    text = docs.read_text()
+    assert "`earlier.json` (commit 0ld0ld0" in text
+    assert "| baseline | predict-1 | 1 | 700 | 700 | 1.00 | 1.00 → 2.00 | 3.00 → 4.00 |" in text
+    assert "| baseline | predict-1 | 8 | 6222 | 5600 | 0.90 **slower** |" in text
+    assert "1 point(s) slower than 0.95 of their earlier throughput." in text
+    # Without an earlier tree, no such section.
+    render(results_with(p50_us=2_000, p99_us=4_000), docs)
+    assert "Against an earlier tree" not in docs.read_text()
