@@ -6,7 +6,7 @@ import asyncio
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,30 @@ def metric(url: str, name: str) -> float:
     for match in re.finditer(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE):
         total += float(match.group(1))
     return total
+
+
+async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Wait until `condition()` (run in a thread: it may block) holds; fail after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, f"still not true after {within_s} s"
+        await asyncio.sleep(0.005)
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """Batches run so far, and their rows."""
+    return metric(url, "mlgate_batch_size_count"), metric(url, "mlgate_batch_size_sum")
+
+
+def assert_probe_runs_alone(url: str, before: tuple[float, float]) -> None:
+    """Send one row and check it ran as the only batch since `before`, with its row alone:
+    a request left in the queue would have joined its batch, or run in one of its own."""
+    r = httpx.post(
+        f"{url}/v2/models/fraud_mlp/infer", json=body(np.ones((1, 32), np.float32)), timeout=10
+    )
+    assert r.status_code == 200, r.text
+    count, rows = batch_totals(url)
+    assert (count - before[0], rows - before[1]) == (1, 1)
 
 
 async def infer_all(url: str, xs: list[np.ndarray]) -> list[httpx.Response]:
@@ -135,10 +159,7 @@ def test_a_full_queue_refuses_an_entity_request_before_fetching_its_features(
                 asyncio.create_task(client.post("/v2/models/fraud_mlp/infer", json=x))
                 for _ in range(8)
             ]
-            for _ in range(1000):  # until the queue (4) is full
-                if await asyncio.to_thread(metric, url, "mlgate_queue_depth") >= 4:
-                    break
-                await asyncio.sleep(0.005)
+            await until(lambda: metric(url, "mlgate_queue_depth") >= 4)
             refused = await client.post("/v1/models/fraud_mlp:predict", json={"entities": ["u1"]})
             await asyncio.gather(*filling)
             return refused
@@ -151,16 +172,18 @@ def test_a_full_queue_refuses_an_entity_request_before_fetching_its_features(
 def test_a_request_past_its_deadline_is_504_and_never_runs(slow_batcher: GatewayProcess) -> None:
     # A near deadline releases the batch early; one that has passed before the batch can
     # start (1 µs here) is refused and never run.
-    before = metric(slow_batcher.url, "mlgate_batch_size_count")
+    url = slow_batcher.url
+    before = batch_totals(url)
+    expired = metric(url, "mlgate_queue_expired_total")
     r = httpx.post(
-        f"{slow_batcher.url}/v2/models/fraud_mlp/infer",
+        f"{url}/v2/models/fraud_mlp/infer",
         json=body(np.zeros((1, 32), np.float32), timeout=1),
         timeout=10,
     )
     assert r.status_code == 504, r.text
-    time.sleep(0.4)
-    assert metric(slow_batcher.url, "mlgate_batch_size_count") == before
-    assert metric(slow_batcher.url, "mlgate_queue_expired_total") >= 1
+    assert metric(url, "mlgate_queue_expired_total") == expired + 1
+    assert metric(url, "mlgate_queue_depth") == 0
+    assert_probe_runs_alone(url, before)
 
 
 def test_timeout_header_sets_the_deadline(slow_batcher: GatewayProcess) -> None:
@@ -174,16 +197,23 @@ def test_timeout_header_sets_the_deadline(slow_batcher: GatewayProcess) -> None:
 
 
 def test_a_client_that_disconnects_leaves_the_queue(slow_batcher: GatewayProcess) -> None:
-    before = metric(slow_batcher.url, "mlgate_batch_size_count")
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            f"{slow_batcher.url}/v2/models/fraud_mlp/infer",
-            json=body(np.zeros((1, 32), np.float32)),
-            timeout=0.1,
-        )
-    time.sleep(0.5)  # past the 300 ms the batch would have waited
-    assert metric(slow_batcher.url, "mlgate_batch_size_count") == before
-    assert metric(slow_batcher.url, "mlgate_queue_depth") == 0
+    url = slow_batcher.url
+    before = batch_totals(url)
+
+    async def disconnect_while_queued() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            x = body(np.zeros((1, 32), np.float32))
+            request = asyncio.create_task(client.post("/v2/models/fraud_mlp/infer", json=x))
+            await until(lambda: metric(url, "mlgate_queue_depth") == 1)  # it is queued
+            request.cancel()  # drops the connection, well within the 300 ms the batch waits
+            with pytest.raises(asyncio.CancelledError):
+                await request
+        # It leaves the queue without running: it would have run had it stayed until released.
+        await until(lambda: metric(url, "mlgate_queue_depth") == 0)
+
+    asyncio.run(disconnect_while_queued())
+    assert batch_totals(url) == before
+    assert_probe_runs_alone(url, before)
 
 
 def test_bad_scheduling_parameters_are_400(slow_batcher: GatewayProcess) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -12,10 +14,16 @@ import pytest
 import redis
 
 from feature_store.codec import encode_row, row_key
-from feature_store.errors import EntityNotFound, SchemaMismatch, StoreUnavailable
+from feature_store.errors import (
+    EntityNotFound,
+    FeatureStoreError,
+    SchemaMismatch,
+    StoreUnavailable,
+)
 from feature_store.redis_store import RedisStore
 from feature_store.store import OnlineStore, Status, open_store
 from feature_store.views import FeatureView
+from loadtests.processes import free_port
 from tests.conftest import RedisServer, start_redis
 
 NOW = 1_700_000_000_000
@@ -58,6 +66,26 @@ async def test_missing_row_serves_defaults_with_status_missing(store: OnlineStor
     assert rows.values.tolist() == [[1, 2], [-1, -2]]
     assert rows.status.tolist() == [Status.FRESH, Status.MISSING]
     assert rows.counts() == {"fresh": 1, "stale": 0, "missing": 1, "defaulted": 0}
+
+
+@pytest.mark.parametrize("on_stale", ["serve", "default"])
+async def test_missing_row_of_a_ttl_view_is_missing_not_stale(
+    store: OnlineStore, on_stale: str
+) -> None:
+    # A missing row has no event time: it must not count as older than the ttl.
+    view = make_view(ttl_s=3600, on_stale=on_stale)
+    times = np.array([NOW, NOW - 2 * HOUR_MS])
+    await store.write(view, ["new", "old"], np.array([[1, 2], [3, 4]]), times)
+    [rows] = await store.read([view], ["new", "nobody", "old"], now_ms=NOW)
+    old_status, old_values = (
+        (Status.STALE, [3, 4]) if on_stale == "serve" else (Status.DEFAULTED, [-1, -2])
+    )
+    assert rows.status.tolist() == [Status.FRESH, Status.MISSING, old_status]
+    assert rows.values.tolist() == [[1, 2], [-1, -2], old_values]
+    assert rows.event_time_ms.tolist() == [NOW, 0, NOW - 2 * HOUR_MS]
+    [nobody] = await store.read([view], ["nobody", "nobody_else"], now_ms=NOW)
+    assert nobody.status.tolist() == [Status.MISSING, Status.MISSING]
+    assert nobody.values.tolist() == [[-1, -2], [-1, -2]]
 
 
 async def test_missing_row_of_an_on_missing_error_view_raises_entity_not_found(
@@ -127,21 +155,22 @@ async def test_a_row_written_under_an_old_view_definition_is_a_schema_mismatch(
         await store.read([renamed], ["u1"], now_ms=NOW)
 
 
-async def test_empty_requests_do_not_touch_the_store(store: OnlineStore) -> None:
-    view = make_view()
+async def test_empty_requests_answer_empty_rows(store: OnlineStore) -> None:
+    view = make_view(dtype="int64")
     [rows] = await store.read([view], [], now_ms=NOW)
-    assert rows.values.shape == (0, 2) and rows.status.shape == (0,)
+    assert rows.view is view
+    assert rows.values.shape == (0, 2) and rows.values.dtype == np.int64
+    assert rows.status.shape == (0,) and rows.event_time_ms.shape == (0,)
+    assert rows.counts() == {"fresh": 0, "stale": 0, "missing": 0, "defaulted": 0}
     assert await store.read([], ["u1"], now_ms=NOW) == []
     await store.write(view, [], np.empty((0, 2)))
+    [after] = await store.read([view], ["u1"], now_ms=NOW)
+    assert after.status.tolist() == [Status.MISSING]  # the empty write stored nothing
 
 
 async def test_write_rejects_values_not_one_row_per_entity(store: OnlineStore) -> None:
     with pytest.raises(ValueError, match=r"2 entity ids need values of shape \(2, 2\)"):
         await store.write(make_view(), ["u1", "u2"], np.zeros((3, 2)))
-
-
-async def test_ping_answers_when_the_backend_is_up(store: OnlineStore) -> None:
-    await store.ping()
 
 
 def command_calls(client: redis.Redis) -> dict[str, int]:
@@ -168,6 +197,40 @@ async def test_read_of_8_entities_by_2_views_is_one_mget(
         got = await store.read(views, ids, now_ms=NOW)
         assert command_calls(admin) == {"mget": 1}
         assert [rows.counts()["fresh"] for rows in got] == [6, 6]
+    finally:
+        admin.close()
+        await store.close()
+
+
+async def test_empty_requests_send_no_command_to_redis(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    view = make_view()
+    store = RedisStore(redis_url)
+    admin = redis.Redis(port=redis_server.port)
+    try:
+        await store.ping()  # the pooled connection exists: its handshake is not counted below
+        admin.config_resetstat()
+        await store.read([view], [], now_ms=NOW)
+        await store.read([], ["u1"], now_ms=NOW)
+        await store.write(view, [], np.empty((0, 2)))
+        assert command_calls(admin) == {}
+        await store.read([view], ["u1"], now_ms=NOW)  # the count above does see a read
+        assert command_calls(admin) == {"mget": 1}
+    finally:
+        admin.close()
+        await store.close()
+
+
+async def test_ping_is_answered_by_the_redis_server(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    store = RedisStore(redis_url)
+    admin = redis.Redis(port=redis_server.port)
+    try:
+        admin.config_resetstat()
+        await store.ping()
+        assert command_calls(admin).get("ping") == 1
     finally:
         admin.close()
         await store.close()
@@ -244,9 +307,31 @@ async def test_unresponsive_redis_raises_store_unavailable_after_one_socket_time
             await store.close()
 
 
-def test_password_never_appears_in_store_errors() -> None:
-    store = RedisStore("redis://:s3cret@127.0.0.1:1/0")
-    assert "s3cret" not in store.url
+async def test_password_never_appears_in_store_errors(redis_server: RedisServer) -> None:
+    # Nothing listens on `closed`: connection refused. The session's server has no password
+    # configured: AUTH fails there. Both errors name the URL, neither its password.
+    closed = free_port()
+    for url in (
+        f"redis://:s3cret@127.0.0.1:{closed}/0",
+        f"redis://admin:s3cret@127.0.0.1:{redis_server.port}/0",
+    ):
+        store = RedisStore(url)
+        try:
+            assert "s3cret" not in store.url and ":***@127.0.0.1:" in store.url
+            operations: list[Callable[[], Awaitable[object]]] = [
+                partial(store.read, [make_view()], ["u1"]),
+                partial(store.write, make_view(), ["u1"], np.array([[1, 2]])),
+                store.ping,
+            ]
+            for operation in operations:
+                with pytest.raises(FeatureStoreError) as caught:
+                    await operation()
+                assert store.url in str(caught.value)
+                assert "s3cret" not in str(caught.value)
+                # Nor the chained exceptions that a logged traceback would show.
+                assert "s3cret" not in "".join(traceback.format_exception(caught.value))
+        finally:
+            await store.close()
 
 
 @pytest.mark.parametrize("url", ["postgres://db/1", "redis-cluster://h:1", "localhost:6379"])

@@ -124,6 +124,38 @@ async def test_request_larger_than_max_batch_size_is_split_and_rejoined_in_order
     assert y_of(result) == [2 * i for i in range(10)]
 
 
+class FinishesInReverse:
+    """A run_batch whose concurrent batches finish in the reverse of the order they started:
+    the first one returns last. Needs `batches` of them running at once."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+        self.started = 0
+        self.finished: list[int] = []  # start order of each batch, in finishing order
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+        order = self.started
+        self.started += 1
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.finished) == self.batches - 1 - order)
+            self.finished.append(order)
+            self._changed.notify_all()
+        return {"y": inputs["x"] * 2, "position": np.arange(len(inputs["x"]))}
+
+
+async def test_split_request_is_rejoined_in_row_order_when_chunks_finish_out_of_order(
+    model: str,
+) -> None:
+    backend = FinishesInReverse(3)
+    batcher = make(backend, model, max_batch_size=4, instances=3)
+    async with asyncio.timeout(5):
+        result = await batcher.submit(rows(*range(10)))
+    assert backend.finished == [2, 1, 0]  # the chunks really did come back last-first
+    assert y_of(result) == [2 * i for i in range(10)]
+    assert result["position"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+
+
 async def test_requests_are_never_split_to_fill_a_batch(model: str) -> None:
     async with asyncio.timeout(5):
         backend = Doubler()

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -156,9 +157,51 @@ def test_unloadable_model_is_a_backend_error_naming_the_file(
         OnnxBackend(path, OnnxOptions(), executor)
 
 
-async def test_warmup_feeds_one_row_of_the_declared_type(two_outputs: OnnxBackend) -> None:
-    # An INT64 model: a warm-up feeding float zeros would be refused.
-    await two_outputs.warmup()
+class RecordingSession:
+    """The backend's real onnxruntime session, with each feed it runs recorded."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def run(self, names: Any, feed: dict[str, np.ndarray]) -> Any:
+        self.feeds.append(dict(feed))
+        return self.session.run(names, feed)
+
+
+async def test_warmup_runs_one_row_of_each_input_in_its_declared_type(
+    tmp_path: Path, executor: ThreadPoolExecutor
+) -> None:
+    # Inputs of two types and a fixed leading dimension: a warm-up feeding float zeros, or a
+    # batch of another size where the model fixes it, would be refused by onnxruntime.
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["ids"], ["ids_out"]),
+            helper.make_node("Neg", ["score"], ["neg"]),
+        ],
+        "mixed_inputs",
+        inputs=[
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 3]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, [2, 5]),
+        ],
+        outputs=[
+            helper.make_tensor_value_info("ids_out", TensorProto.INT64, ["batch", 3]),
+            helper.make_tensor_value_info("neg", TensorProto.FLOAT, [2, 5]),
+        ],
+    )
+    path = tmp_path / "mixed.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path
+    )
+    backend = OnnxBackend(path, OnnxOptions(), executor)
+    recording = RecordingSession(backend._session)
+    backend._session = recording
+    await backend.warmup()
+    [feed] = recording.feeds  # it ran, once, on the real session
+    assert sorted(feed) == ["ids", "score"]
+    assert feed["ids"].dtype == np.int64 and feed["ids"].shape == (1, 3)
+    assert feed["score"].dtype == np.float32 and feed["score"].shape == (2, 5)
+    assert not feed["ids"].any() and not feed["score"].any()
 
 
 async def test_closed_backend_is_unavailable(fraud: OnnxBackend) -> None:
