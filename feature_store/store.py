@@ -290,22 +290,3 @@ def _status(
         else:
             status[stale] = Status.STALE
     return status
-
-
-SCHEMES = ("memory://", "redis://", "rediss://")
-
-
-def open_store(url: str) -> OnlineStore:
-    """The store a URL names: ``memory://``, ``redis://host:port/db`` or ``rediss://...``."""
-    # Imported here because both subclass OnlineStore from this module.
-    from feature_store.memory_store import MemoryStore
-    from feature_store.redis_store import RedisStore
-
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        return MemoryStore()
-    if scheme in ("redis", "rediss"):
-        return RedisStore(url)
-    raise ValueError(
-        f"unsupported feature store URL {display_url(url)!r}: use one of {', '.join(SCHEMES)}"
-    )

@@ -118,7 +118,7 @@ def cmd_models_check(args: argparse.Namespace) -> int:
 def cmd_features_load(args: argparse.Namespace) -> int:
     from feature_store.errors import FeatureStoreError
     from feature_store.loader import load_file
-    from feature_store.store import open_store
+    from feature_store.open import open_store
     from feature_store.views import load_views
 
     async def run() -> int:

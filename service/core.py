@@ -22,7 +22,8 @@ import numpy as np
 from feature_store.coalescing import CoalescingReader
 from feature_store.errors import EntityNotFound, FeatureStoreError, StoreUnavailable
 from feature_store.loader import seed_synthetic
-from feature_store.store import OnlineStore, Status, ViewRows, open_store
+from feature_store.open import open_store
+from feature_store.store import OnlineStore, Status, ViewRows
 from feature_store.views import FeatureView, load_views
 from service import metrics
 from service.audit import AuditLog, AuditRecord, open_audit

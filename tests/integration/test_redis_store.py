@@ -13,8 +13,9 @@ import redis
 
 from feature_store.codec import encode_row, row_key
 from feature_store.errors import EntityNotFound, SchemaMismatch, StoreUnavailable
+from feature_store.open import open_store
 from feature_store.redis_store import RedisStore
-from feature_store.store import OnlineStore, Status, open_store
+from feature_store.store import OnlineStore, Status
 from feature_store.views import FeatureView
 from tests.conftest import RedisServer, start_redis
 
