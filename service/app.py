@@ -30,7 +30,7 @@ from service.protocol.errors import (
     PayloadTooLarge,
     Unavailable,
 )
-from service.routing import VERSION_HEADER, explicit_version
+from service.routing.router import VERSION_HEADER, explicit_version
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -40,15 +40,9 @@ from service.protocol.errors import (
 )
 from service.protocol.v2 import InferRequest, InferResponse
 from service.repository import InputSpec, ModelVersion, Repository
-from service.routing import (
-    OVERRIDE,
-    SHADOW,
-    Decision,
-    Mirror,
-    Router,
-    explicit_version,
-    initial_policy,
-)
+from service.routing.config import OVERRIDE, SHADOW, initial_policy
+from service.routing.mirror import Mirror
+from service.routing.router import Decision, Router, explicit_version
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

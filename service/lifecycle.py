@@ -1,6 +1,6 @@
 """Keeps a process's routing policies and loaded versions in step with every other process's.
 
-Each model's policy lives in the policy store (service.policy_store). A change, by the admin
+Each model's policy lives in the policy store (service.routing.policy_store). A change, by the admin
 API, by guarded rollout or by the repository watch, is one atomic update there; every process
 hears of it (pub/sub, or a polled file), loads the versions the new policy needs, switches to
 it, then unloads what it no longer needs. So promoting a version, or taking a canary out of
@@ -27,22 +27,24 @@ from pydantic import ValidationError
 
 from service import metrics
 from service.core import Gateway
-from service.policy_store import Doc, PolicyStore, open_policy_store
 from service.protocol.errors import Conflict, GatewayError, InvalidInput, NotFound, Unprocessable
 from service.repository import CONFIG_FILE, MODEL_FILE, ConfigError, read_config
-from service.routing import (
+from service.routing.config import (
     HISTORY,
-    WINDOW_BUCKETS,
-    Breach,
     Change,
     ModelPolicy,
     Rollback,
     RoutingConfig,
-    SlotStats,
-    breach,
     initial_policy,
     now_ms,
     read_routing_file,
+)
+from service.routing.policy_store import Doc, PolicyStore, open_policy_store
+from service.routing.rollout import (
+    WINDOW_BUCKETS,
+    Breach,
+    SlotStats,
+    breach,
     slot_stats,
     window_keys,
 )

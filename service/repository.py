@@ -45,7 +45,7 @@ from service.batching import BatchingConfig
 from service.guard import GuardConfig, guard_config_errors
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.protocol.errors import GatewayError, NotFound
-from service.routing import RoutingConfig
+from service.routing.config import RoutingConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from service.audit import AuditRecord
-from service.routing import VERSION_HEADER, bucket
+from service.routing.router import VERSION_HEADER, bucket
 from tests.conftest import GatewayProcess, start_gateway
 from tests.integration.routing_support import (
     TOKEN,
