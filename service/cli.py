@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def check(models: Path, views_path: Path) -> list[str]:
     from feature_store.errors import ViewConfigError
-    from service.repository import check_repository
+    from service.repository.loader import check_repository
 
     try:
         return check_repository(models, views_path if views_path.exists() else None)

@@ -39,7 +39,8 @@ from service.protocol.errors import (
     Unprocessable,
 )
 from service.protocol.v2 import InferRequest, InferResponse
-from service.repository import InputSpec, ModelVersion, Repository
+from service.repository.config import InputSpec
+from service.repository.loader import ModelVersion, Repository
 from service.routing.config import OVERRIDE, SHADOW, initial_policy
 from service.routing.mirror import Mirror
 from service.routing.router import Decision, Router, explicit_version

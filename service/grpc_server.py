@@ -29,7 +29,7 @@ from service.protocol.grpc_codec import (
     grpc_status,
     stream_error,
 )
-from service.repository import PLATFORMS, ModelConfig, TensorSpec
+from service.repository.config import PLATFORMS, ModelConfig, TensorSpec
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

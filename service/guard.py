@@ -102,7 +102,7 @@ class RangeLike(Protocol):
 
 
 class OutputContract(Protocol):
-    """What the guard reads of an output spec (service.repository.OutputSpec fits)."""
+    """What the guard reads of an output spec (service.repository.config.OutputSpec fits)."""
 
     @property
     def name(self) -> str: ...
@@ -121,7 +121,7 @@ class OutputContract(Protocol):
 
 
 class GuardedModel(Protocol):
-    """What the guard reads of a model's config (service.repository.ModelConfig fits)."""
+    """What the guard reads of a model's config (service.repository.config.ModelConfig fits)."""
 
     @property
     def max_batch_size(self) -> int: ...

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from service import metrics
 from service.core import Gateway
 from service.protocol.errors import Conflict, GatewayError, InvalidInput, NotFound, Unprocessable
-from service.repository import CONFIG_FILE, MODEL_FILE, ConfigError, read_config
+from service.repository.config import CONFIG_FILE, MODEL_FILE, ConfigError, read_config
 from service.routing.config import (
     HISTORY,
     Change,

@@ -40,7 +40,7 @@ from service.protocol.json_codec import (
     tensor_from_bytes,
     tensor_from_json,
 )
-from service.repository import CONFIG_FILE, MODEL_FILE, ConfigError, ModelConfig, read_config
+from service.repository.config import CONFIG_FILE, MODEL_FILE, ConfigError, ModelConfig, read_config
 
 # Rows listed in the report's table of the largest differences.
 WORST_ROWS = 10

@@ -26,7 +26,8 @@ from service.protocol.errors import (
     InvalidInput,
     Unavailable,
 )
-from service.repository import ConfigError, Repository, check_repository, read_config
+from service.repository.config import ConfigError, read_config
+from service.repository.loader import Repository, check_repository
 from tests.conftest import MODELS_DIR
 from tests.triton_support import (
     FAULTY_MESSAGE,

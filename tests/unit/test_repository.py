@@ -14,14 +14,9 @@ import pytest
 import yaml
 
 from service.protocol.errors import NotFound
-from service.repository import (
-    ConfigError,
-    ModelConfig,
-    Repository,
-    check_feature_bindings,
-    check_repository,
-    read_config,
-)
+from service.repository.checks import check_feature_bindings
+from service.repository.config import ConfigError, ModelConfig, read_config
+from service.repository.loader import Repository, check_repository
 from tests.conftest import MODELS_DIR
 
 
