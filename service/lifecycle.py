@@ -49,6 +49,7 @@ from service.routing.rollout import (
     window_keys,
 )
 from service.settings import Settings
+from service.versions import is_version
 
 log = logging.getLogger(__name__)
 # Every change to a policy, as one JSON line: who, what, before and after.
@@ -446,7 +447,7 @@ class Lifecycle:
             directory = root / model
             for path in [directory / CONFIG_FILE, *directory.glob(f"*/{MODEL_FILE}")]:
                 name = path.parent.name if path.name == MODEL_FILE else CONFIG_FILE
-                if name == CONFIG_FILE or name.isdigit():
+                if name == CONFIG_FILE or is_version(name):
                     with contextlib.suppress(FileNotFoundError):
                         st = path.stat()
                         stamps[name] = (st.st_mtime_ns, st.st_size)
