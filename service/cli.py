@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.settings import Settings
+from service.validation import problems
 
 # Settings fields that `serve` flags set; flags left unset fall back to MLGATE_* and defaults.
 SERVE_FLAGS = (
@@ -47,10 +48,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def settings_error(exc: ValidationError) -> str:
-    lines = [
-        f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-        for err in exc.errors()
-    ]
+    lines = [f"  {line}" for line in problems(exc)]
     return "invalid settings (flags or MLGATE_* variables):\n" + "\n".join(lines)
 
 

@@ -49,6 +49,7 @@ from service.routing.rollout import (
     window_keys,
 )
 from service.settings import Settings
+from service.validation import describe
 from service.versions import is_version
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class Lifecycle:
         try:
             routing = RoutingConfig.model_validate(section)
         except ValidationError as exc:
-            raise InvalidInput(f"invalid routing: {_first_error(exc)}") from None
+            raise InvalidInput(f"invalid routing: {describe(exc)}") from None
 
         def change(policy: ModelPolicy) -> None:
             _set_routing(policy, routing)
@@ -548,9 +549,3 @@ def _view(policy: ModelPolicy) -> dict[str, Any]:
         "routing": policy.routing.model_dump(mode="json", exclude_none=True),
         "versions": policy.versions,
     }
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"])
-    return f"{where}: {error['msg']}" if where else error["msg"]

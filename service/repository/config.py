@@ -6,7 +6,7 @@ Every problem is a ConfigError whose message names the file and the field, one p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import yaml
 from pydantic import (
@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from service.backends.onnx import OnnxOptions
 from service.backends.triton import TritonOptions
@@ -25,6 +26,7 @@ from service.batching import BatchingConfig
 from service.guard import GuardConfig, guard_config_errors
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.routing.config import RoutingConfig
+from service.validation import location, message
 from service.versions import VersionName, check_version
 
 CONFIG_FILE = "config.yaml"
@@ -251,20 +253,13 @@ def read_config(path: Path) -> ModelConfig:
         raise ConfigError("\n".join(problems)) from None
 
 
-def describe_error(path: Path, error: Any) -> str:
+def describe_error(path: Path, error: ErrorDetails) -> str:
     """One pydantic error as `file: field.path[0]: message`."""
-    field = ""
-    for part in error["loc"]:
-        if isinstance(part, int):
-            field += f"[{part}]"
-        else:
-            field += f".{part}" if field else part
-    if error["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif error["type"] == "value_error":
-        message = str(error["ctx"]["error"])
+    field = location(error["loc"])
+    if error["type"] in ("extra_forbidden", "value_error"):
+        what = message(error)
     else:
-        message = error["msg"][0].lower() + error["msg"][1:]
+        what = error["msg"][0].lower() + error["msg"][1:]
         if isinstance(error.get("input"), str | int | float):
-            message += f" (got {error['input']!r})"
-    return f"{path}: {field}: {message}" if field else f"{path}: {message}"
+            what += f" (got {error['input']!r})"
+    return f"{path}: {field}: {what}" if field else f"{path}: {what}"

@@ -25,6 +25,7 @@ from typing import Any, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.validation import describe
 from service.versions import VersionName
 
 # Route names: the slot a request counts towards is `<route>/<version>`.
@@ -188,9 +189,7 @@ def read_routing_file(path: Path) -> dict[str, RoutingConfig]:
         try:
             sections[str(model)] = RoutingConfig.model_validate(section)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in (model, *error["loc"]))
-            raise ValueError(f"{path}: {where}: {error['msg']}") from None
+            raise ValueError(f"{path}: {describe(exc, within=(str(model),))}") from None
     return sections
 
 
