@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Tools that own their subcommands: the load generator and the audit log readers.
     from loadtests.cli import add_commands as add_bench_commands
+    from replay.cli import add_commands as add_replay_commands
     from service.audit.cli import add_commands as add_audit_commands
-    from service.audit.replay_cli import add_commands as add_replay_commands
 
     add_bench_commands(sub)
     add_audit_commands(sub)

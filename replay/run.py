@@ -8,7 +8,7 @@ own output guard applies to what it answers). The baseline is what was logged, o
 record logged from another version than `baseline`, that version re-scored the same way.
 The output guard runs on both sides, for the change in flag rate.
 
-`mlgate replay` (service.audit.replay_cli) drives it.
+`mlgate replay` (replay.cli) drives it.
 """
 
 from __future__ import annotations
