@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from feature_store.errors import FeatureStoreError, StoreUnavailable
+from service import __version__
 from service.admin import install_admin
 from service.core import Gateway, Scheduling
 from service.grpc_server import GrpcFront
@@ -144,7 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         title="mlgate",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,

@@ -25,7 +25,7 @@ from feature_store.loader import seed_synthetic
 from feature_store.open import open_store
 from feature_store.store import OnlineStore, Status, ViewRows
 from feature_store.views import FeatureView, load_views
-from service import metrics
+from service import __version__, metrics
 from service.audit import AuditLog, AuditRecord, open_audit
 from service.batching import Batcher
 from service.guard import Guard, Verdict
@@ -49,7 +49,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mlgate"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = __version__
 SERVER_EXTENSIONS = ["binary_tensor_data"]
 # How long an unloaded or replaced version waits for its requests in flight before closing.
 DRAIN_TIMEOUT_S = 30.0
