@@ -7,6 +7,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY feature_store ./feature_store
+COPY replay ./replay
 COPY loadtests ./loadtests
 RUN pip install .
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -67,13 +67,18 @@ def epoch_ms() -> int:
 
 
 def display_url(url: str) -> str:
-    """`url` without its password, fit for messages and logs."""
+    """`url` without its password (in the user part or as `?password=`), fit for messages and
+    logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        parts = parts._replace(netloc=user + netloc)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "password" for name, _ in query):
+        hidden = [(name, "***" if name == "password" else value) for name, value in query]
+        parts = parts._replace(query=urlencode(hidden, safe="*"))
+    return parts.geturl()
 
 
 class OnlineStore(ABC):
@@ -290,22 +295,3 @@ def _status(
         else:
             status[stale] = Status.STALE
     return status
-
-
-SCHEMES = ("memory://", "redis://", "rediss://")
-
-
-def open_store(url: str) -> OnlineStore:
-    """The store a URL names: ``memory://``, ``redis://host:port/db`` or ``rediss://...``."""
-    # Imported here because both subclass OnlineStore from this module.
-    from feature_store.memory_store import MemoryStore
-    from feature_store.redis_store import RedisStore
-
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        return MemoryStore()
-    if scheme in ("redis", "rediss"):
-        return RedisStore(url)
-    raise ValueError(
-        f"unsupported feature store URL {display_url(url)!r}: use one of {', '.join(SCHEMES)}"
-    )

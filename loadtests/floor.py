@@ -34,7 +34,7 @@ async def _measure(
 ) -> dict[str, dict[str, float]]:
     import onnxruntime as ort
 
-    from feature_store.store import open_store
+    from feature_store.open import open_store
     from feature_store.views import load_views
 
     views = list(load_views(views_path).values())

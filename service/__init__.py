@@ -1,6 +1,11 @@
-"""mlgate: an online inference and feature-serving gateway."""
+"""mlgate's serving layer.
 
-from importlib.metadata import version
+`__version__` is the installed distribution's, so pyproject.toml is the one place it is written.
+"""
 
-# pyproject.toml is the one source of the version.
-__version__ = version("mlgate")
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mlgate")
+except PackageNotFoundError:  # a source tree run without installing it
+    __version__ = "0+unknown"

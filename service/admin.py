@@ -6,7 +6,10 @@
     PATCH  /admin/models/{model}/routing                   change the fields given
     POST   /admin/models/{model}/promote                   {"version": "1"}; default the canary
     POST   /admin/models/{model}/rollback                  {"reason": "..."}: canary weight to 0
-    POST   /admin/models/{model}/versions/{version}/load   | unload | reload
+    POST   /admin/models/{model}/versions/{version}/load   | unload | reload; no body, or {}
+
+Bodies are checked whole: a key a route does not take is named as unknown in the 400, so a
+misspelt field is never mistaken for an absent one.
 
 Every call carries `Authorization: Bearer <token>`. Tokens come from MLGATE_ADMIN_TOKEN (named
 "admin") or --admin-token-file (a line per token: `name:token`, or a bare token named by its
@@ -19,19 +22,45 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
 from service.lifecycle import Lifecycle
 from service.protocol import json_codec
 from service.protocol.errors import InvalidInput
 from service.settings import Settings
+from service.validation import describe
+from service.versions import VersionName, check_version
 
 JSON = "application/json"
 # Admin bodies are a routing section at most.
 MAX_BODY_BYTES = 64 << 10
+
+
+class PromoteBody(BaseModel):
+    # `{"version": 2}` is as good as `{"version": "2"}`.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    # Absent: the canary's version.
+    version: VersionName | None = None
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    reason: str | None = None
+
+
+class NoBody(BaseModel):
+    """Load, unload and reload take nothing but their path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+B = TypeVar("B", bound=BaseModel)
 
 
 class Unauthenticated(Exception):
@@ -107,7 +136,7 @@ def admin_router(tokens: list[tuple[str, bytes]]) -> APIRouter:
         found: Lifecycle = request.app.state.lifecycle
         return found
 
-    async def body(request: Request) -> dict[str, Any]:
+    async def document(request: Request) -> dict[str, Any]:
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise InvalidInput(f"admin request bodies are at most {MAX_BODY_BYTES} bytes")
@@ -115,6 +144,12 @@ def admin_router(tokens: list[tuple[str, bytes]]) -> APIRouter:
         if not isinstance(doc, dict):
             raise InvalidInput("the body must be a JSON object")
         return doc
+
+    async def body(request: Request, schema: type[B]) -> B:
+        try:
+            return schema.model_validate(await document(request))
+        except ValidationError as exc:
+            raise InvalidInput(f"invalid body: {describe(exc)}") from None
 
     async def answer(request: Request, model: str) -> Response:
         doc = await lifecycle(request).describe(model)
@@ -137,40 +172,39 @@ def admin_router(tokens: list[tuple[str, bytes]]) -> APIRouter:
     @router.patch("/models/{model}/routing")
     async def routing(request: Request, model: str) -> Response:
         who = caller(request, tokens)
-        section = await body(request)
+        # A routing section, whole (PUT) or in part (PATCH): the lifecycle checks it against
+        # RoutingConfig, which forbids unknown keys at every level, once merged with the policy.
+        section = await document(request)
         await lifecycle(request).set_routing(model, who, section, merge=request.method == "PATCH")
         return await answer(request, model)
 
     @router.post("/models/{model}/promote")
     async def promote(request: Request, model: str) -> Response:
         who = caller(request, tokens)
-        version = (await body(request)).get("version")
-        if version is not None and not isinstance(version, str | int):
-            raise InvalidInput("'version' must be a version name")
-        await lifecycle(request).promote(model, who, None if version is None else str(version))
+        promote = await body(request, PromoteBody)
+        await lifecycle(request).promote(model, who, promote.version)
         return await answer(request, model)
 
     @router.post("/models/{model}/rollback")
     async def rollback(request: Request, model: str) -> Response:
         who = caller(request, tokens)
-        reason = (await body(request)).get("reason") or "rolled back by hand"
-        await lifecycle(request).rollback(model, who, str(reason))
+        reason = (await body(request, RollbackBody)).reason or "rolled back by hand"
+        await lifecycle(request).rollback(model, who, reason)
         return await answer(request, model)
 
     @router.post("/models/{model}/versions/{version}/{action}")
     async def version_action(request: Request, model: str, version: str, action: str) -> Response:
         who = caller(request, tokens)
         life = lifecycle(request)
-        if not (version.isascii() and version.isdigit()):
-            raise InvalidInput(f"{version!r} is not a version; versions are named by digits")
-        if action == "load":
-            await life.load(model, version, who)
-        elif action == "unload":
-            await life.unload(model, version, who)
-        elif action == "reload":
-            await life.reload(model, version, who)
-        else:
+        try:
+            check_version(version)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        actions = {"load": life.load, "unload": life.unload, "reload": life.reload}
+        if action not in actions:
             raise InvalidInput(f"unknown action '{action}'; use load, unload or reload")
+        await body(request, NoBody)
+        await actions[action](model, version, who)
         return await answer(request, model)
 
     return router

@@ -17,14 +17,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service import __version__
-from service.admin import install_admin
 from service.metrics_export import render_metrics
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.request import RequestContext
 from service.protocol import json_codec
 from service.protocol.bodies import FeaturePushBody, PredictBody
 from service.protocol.errors import GatewayError, InvalidInput, PayloadTooLarge
-from service.routing import VERSION_HEADER
+from service.routing.router import VERSION_HEADER
 from service.settings import Settings
 from service.validation import describe
 
@@ -265,7 +264,6 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
         await features.push(view, ids, values, body.event_time_ms)
         return json_response({"view": view.name, "written": len(ids)})
 
-    install_admin(app, settings)
     return app
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.settings import Settings
+from service.validation import problems
 
 # Settings fields that `serve` flags set; flags left unset fall back to MLGATE_* and defaults.
 SERVE_FLAGS = (
@@ -47,10 +48,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def settings_error(exc: ValidationError) -> str:
-    lines = [
-        f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-        for err in exc.errors()
-    ]
+    lines = [f"  {line}" for line in problems(exc)]
     return "invalid settings (flags or MLGATE_* variables):\n" + "\n".join(lines)
 
 
@@ -97,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def check(models: Path, views_path: Path) -> list[str]:
     from feature_store.errors import ViewConfigError
-    from service.repository import check_repository
+    from service.repository.loader import check_repository
 
     try:
         return check_repository(models, views_path if views_path.exists() else None)
@@ -118,7 +116,7 @@ def cmd_models_check(args: argparse.Namespace) -> int:
 def cmd_features_load(args: argparse.Namespace) -> int:
     from feature_store.errors import FeatureStoreError
     from feature_store.loader import load_file
-    from feature_store.store import open_store
+    from feature_store.open import open_store
     from feature_store.views import load_views
 
     async def run() -> int:
@@ -220,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Tools that own their subcommands: the load generator and the audit log readers.
     from loadtests.cli import add_commands as add_bench_commands
+    from replay.cli import add_commands as add_replay_commands
     from service.audit.cli import add_commands as add_audit_commands
-    from service.audit.replay_cli import add_commands as add_replay_commands
 
     add_bench_commands(sub)
     add_audit_commands(sub)

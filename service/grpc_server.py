@@ -31,7 +31,7 @@ from service.protocol.grpc_codec import (
     stream_error,
 )
 from service.protocol.v2 import InferRequest
-from service.repository import PLATFORMS, ModelConfig, TensorSpec
+from service.repository.config import PLATFORMS, ModelConfig, TensorSpec
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -31,10 +31,11 @@ from typing import Literal, Protocol, Self
 
 import numpy as np
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.metrics import GUARD_EVENTS, GUARD_FLAG_RATE
 from service.protocol.datatypes import V2_TO_NUMPY
+from service.versions import VersionName
 
 Policy = Literal["flag", "reject", "clamp", "fallback"]
 Action = Literal["flagged", "rejected", "clamped", "fallback"]
@@ -54,17 +55,8 @@ class Fallback(BaseModel):
     # `version: 1` reads as an int from YAML; versions are directory names, so strings.
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
-    version: str | None = None
+    version: VersionName | None = None
     default: dict[str, float] | None = None
-
-    @field_validator("version")
-    @classmethod
-    def _version_name(cls, value: str | None) -> str | None:
-        if value is not None and not (value.isascii() and value.isdigit()):
-            raise ValueError(
-                f"{value!r} is not a version; versions are directories named by digits"
-            )
-        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -102,7 +94,7 @@ class RangeLike(Protocol):
 
 
 class OutputContract(Protocol):
-    """What the guard reads of an output spec (service.repository.OutputSpec fits)."""
+    """What the guard reads of an output spec (service.repository.config.OutputSpec fits)."""
 
     @property
     def name(self) -> str: ...
@@ -121,7 +113,7 @@ class OutputContract(Protocol):
 
 
 class GuardedModel(Protocol):
-    """What the guard reads of a model's config (service.repository.ModelConfig fits)."""
+    """What the guard reads of a model's config (service.repository.config.ModelConfig fits)."""
 
     @property
     def max_batch_size(self) -> int: ...

@@ -1,6 +1,6 @@
 """Keeps a process's routing policies and loaded versions in step with every other process's.
 
-Each model's policy lives in the policy store (service.policy_store). A change, by the admin
+Each model's policy lives in the policy store (service.routing.policy_store). A change, by the admin
 API, by guarded rollout or by the repository watch, is one atomic update there; every process
 hears of it (pub/sub, or a polled file), loads the versions the new policy needs, switches to
 it, then unloads what it no longer needs. So promoting a version, or taking a canary out of
@@ -28,26 +28,31 @@ from pydantic import ValidationError
 from service import metrics
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.served import Registry
-from service.policy_store import Doc, PolicyStore, open_policy_store
 from service.protocol.errors import Conflict, GatewayError, InvalidInput, NotFound, Unprocessable
-from service.repository import CONFIG_FILE, MODEL_FILE, ConfigError, Repository, read_config
-from service.routing import (
+from service.repository.config import CONFIG_FILE, MODEL_FILE, ConfigError, read_config
+from service.repository.loader import Repository
+from service.routing.config import (
     HISTORY,
-    WINDOW_BUCKETS,
-    Breach,
     Change,
     ModelPolicy,
     Rollback,
     RoutingConfig,
-    SlotStats,
-    breach,
     initial_policy,
     now_ms,
     read_routing_file,
+)
+from service.routing.policy_store import Doc, PolicyStore, open_policy_store
+from service.routing.rollout import (
+    WINDOW_BUCKETS,
+    Breach,
+    SlotStats,
+    breach,
     slot_stats,
     window_keys,
 )
 from service.settings import Settings
+from service.validation import describe
+from service.versions import is_version
 
 log = logging.getLogger(__name__)
 # Every change to a policy, as one JSON line: who, what, before and after.
@@ -170,7 +175,7 @@ class Lifecycle:
         try:
             routing = RoutingConfig.model_validate(section)
         except ValidationError as exc:
-            raise InvalidInput(f"invalid routing: {_first_error(exc)}") from None
+            raise InvalidInput(f"invalid routing: {describe(exc)}") from None
 
         def change(policy: ModelPolicy) -> None:
             _set_routing(policy, routing)
@@ -454,7 +459,7 @@ class Lifecycle:
             directory = root / model
             for path in [directory / CONFIG_FILE, *directory.glob(f"*/{MODEL_FILE}")]:
                 name = path.parent.name if path.name == MODEL_FILE else CONFIG_FILE
-                if name == CONFIG_FILE or name.isdigit():
+                if name == CONFIG_FILE or is_version(name):
                     with contextlib.suppress(FileNotFoundError):
                         st = path.stat()
                         stamps[name] = (st.st_mtime_ns, st.st_size)
@@ -555,9 +560,3 @@ def _view(policy: ModelPolicy) -> dict[str, Any]:
         "routing": policy.routing.model_dump(mode="json", exclude_none=True),
         "versions": policy.versions,
     }
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"])
-    return f"{where}: {error['msg']}" if where else error["msg"]

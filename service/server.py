@@ -1,4 +1,4 @@
-"""The composition root: builds what one process serves with and hands it to both fronts.
+"""The composition root: builds what one process serves with and hands it to the fronts.
 
 In dependency order: feature views and store, the inference thread pool, the model repository,
 the audit log, the pipeline (the request path), the lifecycle (shared policy, loads and
@@ -16,8 +16,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from feature_store.loader import seed_synthetic
-from feature_store.store import open_store
+from feature_store.open import open_store
 from feature_store.views import load_views
+from service.admin import install_admin
 from service.app import create_http_app
 from service.audit import open_audit
 from service.grpc_server import GrpcFront
@@ -25,7 +26,7 @@ from service.lifecycle import Lifecycle
 from service.pipeline.features import Features
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.served import BatchingChoice
-from service.repository import Repository
+from service.repository.loader import Repository
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.lifecycle = lifecycle
             yield
 
-    return create_http_app(settings, lifespan)
+    app = create_http_app(settings, lifespan)
+    install_admin(app, settings)
+    return app
 
 
 def create_app_from_env() -> FastAPI:

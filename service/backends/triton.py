@@ -44,6 +44,7 @@ from service.protocol.errors import (
     Overloaded,
     Unavailable,
 )
+from service.versions import check_version
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,7 @@ class TritonOptions(BaseModel):
     @classmethod
     def _version_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in (*value, *value.values()):
-            if not (name.isascii() and name.isdigit()):
-                raise ValueError(f"{name!r} is not a version; versions are named by digits")
+            check_version(name)
         return value
 
 

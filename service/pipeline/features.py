@@ -21,7 +21,7 @@ from feature_store.views import FeatureView
 from service import metrics
 from service.protocol.datatypes import numpy_dtype
 from service.protocol.errors import BackendError, GatewayError, InvalidInput, NotFound, Unavailable
-from service.repository import InputSpec
+from service.repository.config import InputSpec
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,9 @@ from service.pipeline.served import BatchingChoice, Registry, Served
 from service.pipeline.shadow import Shadow
 from service.protocol.errors import Unprocessable
 from service.protocol.v2 import InferRequest, InferResponse
-from service.repository import Model
-from service.routing import Router, explicit_version, initial_policy
+from service.repository.loader import Model
+from service.routing.config import initial_policy
+from service.routing.router import Router, explicit_version
 
 SERVER_NAME = "mlgate"
 SERVER_EXTENSIONS = ["binary_tensor_data"]

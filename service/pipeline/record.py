@@ -15,7 +15,7 @@ from service.audit import AuditLog, AuditRecord
 from service.pipeline.request import Prediction
 from service.pipeline.served import Served
 from service.protocol.errors import GatewayError, Unprocessable
-from service.routing import Decision, Router
+from service.routing.router import Decision, Router
 
 
 class Record:

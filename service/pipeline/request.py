@@ -12,7 +12,7 @@ import numpy as np
 
 from feature_store.store import Status, ViewRows
 from service.protocol.errors import InvalidInput
-from service.routing import Decision
+from service.routing.router import Decision
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ import numpy as np
 from service.pipeline.request import RequestContext
 from service.pipeline.served import Registry, Served
 from service.protocol.errors import Unavailable
-from service.routing import Decision, Router
+from service.routing.router import Decision, Router
 
 
 class Route:

@@ -24,7 +24,8 @@ from service.guard import Guard
 from service.pipeline.features import FeaturePlan
 from service.protocol.datatypes import numpy_dtype
 from service.protocol.errors import NotFound
-from service.repository import InputSpec, ModelConfig, ModelVersion
+from service.repository.config import InputSpec, ModelConfig
+from service.repository.loader import ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,9 @@ from service.pipeline.record import Record
 from service.pipeline.request import Prediction, RequestContext
 from service.pipeline.score import score
 from service.pipeline.served import Registry, Served
-from service.routing import OVERRIDE, SHADOW, Decision, Mirror, Router
+from service.routing.config import OVERRIDE, SHADOW
+from service.routing.mirror import Mirror
+from service.routing.router import Decision, Router
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 from service.pipeline.served import Served
 from service.protocol.datatypes import v2_datatype
 from service.protocol.errors import InvalidInput
-from service.repository import InputSpec
+from service.repository.config import InputSpec
 
 
 def requested_outputs(served: Served, requested: list[str] | None) -> list[str]:

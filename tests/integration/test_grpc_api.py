@@ -31,7 +31,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.audit import AuditRecord, decode_record
 from service.audit.framing import iter_file
-from service.repository import read_config
+from service.repository.config import read_config
 from tests.conftest import MODELS_DIR, GatewayProcess, free_port, start_gateway
 from tests.integration.test_http_api import features_of, reference, store_url
 

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton_http
 
 from feature_store.loader import seed_synthetic
-from feature_store.store import open_store
+from feature_store.open import open_store
 from feature_store.views import load_views
 from tests.conftest import MODELS_DIR, GatewayProcess, RedisServer, start_gateway
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from feature_store.loader import seed_synthetic
-from feature_store.store import open_store
+from feature_store.open import open_store
 from feature_store.views import load_views
 from loadtests.generator import LoadSpec, RunResult
 from loadtests.runner import Job, execute
 from loadtests.workloads import SCENARIOS, Workload, parse_models
-from service.routing import VERSION_HEADER
+from service.routing.router import VERSION_HEADER
 from tests.conftest import MODELS_DIR, GatewayProcess, RedisServer, start_gateway
 from tests.integration.routing_support import TOKEN, add_model, admin, predict
 

@@ -18,8 +18,8 @@ import yaml
 
 from feature_store.loader import synthetic_rows
 from feature_store.views import load_views
+from replay.run import ReplayError, ReplayOptions, ReplayResult, replay
 from service.audit import AuditLog, AuditRecord
-from service.audit.replay import ReplayError, ReplayOptions, ReplayResult, replay
 from service.audit.sinks import FileSink, RedisStreamSink
 from service.audit.sinks.base import Sink
 from service.cli import main

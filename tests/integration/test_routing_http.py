@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from service.audit import AuditRecord
-from service.routing import VERSION_HEADER, bucket
+from service.routing.router import VERSION_HEADER, bucket
 from tests.conftest import GatewayProcess, start_gateway
 from tests.integration.routing_support import (
     TOKEN,
@@ -283,3 +283,26 @@ def test_invalid_routing_is_refused_with_the_reason(gateway: GatewayProcess) -> 
     r = admin(gateway, "PUT", "models/managed/routing", {"arms": {"x": {"version": "2"}}})
     assert r.status_code == 400
     assert admin(gateway, "PATCH", "models/nope/routing", {}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "unknown"),
+    [
+        ("PATCH", "routing", {"canary": {"wieght": 0.5}}, "canary.wieght"),
+        ("PUT", "routing", {"stabel": "2"}, "stabel"),
+        ("POST", "promote", {"versoin": "1"}, "versoin"),
+        ("POST", "rollback", {"raeson": "by hand"}, "raeson"),
+        ("POST", "versions/2/reload", {"force": True}, "force"),
+    ],
+)
+def test_a_misspelt_admin_key_is_named_as_unknown_and_changes_nothing(
+    gateway: GatewayProcess, method: str, path: str, body: dict[str, Any], unknown: str
+) -> None:
+    before = admin(gateway, "GET", "models/managed").json()["policy"]["revision"]
+    r = admin(gateway, method, f"models/managed/{path}", body)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    # Named as unknown, and first: not mistaken for the field it was meant to be.
+    assert f"{unknown}: unknown field" in error
+    assert error.index(unknown) < error.index("required") if "required" in error else True
+    assert admin(gateway, "GET", "models/managed").json()["policy"]["revision"] == before

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.routing import VERSION_HEADER, bucket
+from service.routing.router import VERSION_HEADER, bucket
 from tests.conftest import GatewayProcess, start_gateway
 from tests.integration.routing_support import AUTH, TOKEN, add_model, admin, nan_model, predict
 

@@ -28,7 +28,8 @@ from service.protocol.errors import (
     Unavailable,
 )
 from service.protocol.v2 import InferRequest
-from service.repository import ConfigError, Repository, check_repository, read_config
+from service.repository.config import ConfigError, read_config
+from service.repository.loader import Repository, check_repository
 from service.server import serving
 from service.settings import Settings
 from tests.conftest import MODELS_DIR
@@ -120,12 +121,13 @@ async def test_triton_version_answers_as_the_in_process_version(
     write_repository(tmp_path, **mixed(address(triton, protocol), protocol))
     repository = await Repository.load(tmp_path)
     try:
-        in_process = repository.get("fraud_mlp", "2").backend
-        remote = repository.get("fraud_mlp", "3").backend
+        model = repository.models["fraud_mlp"]
+        in_process = model.versions["2"].backend
+        remote = model.versions["3"].backend
         assert isinstance(in_process, OnnxBackend)
         assert isinstance(remote, TritonBackend)
         assert remote.signature() == in_process.signature()
-        assert repository.get("fraud_mlp").version == "2"
+        assert model.default_version == "2"
         for rows in (1, 8):
             inputs = features(rows, seed=rows)
             expected = await in_process.infer(inputs)

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.routing import VERSION_HEADER, bucket
+from service.routing.router import VERSION_HEADER, bucket
 from tests.conftest import MODELS_DIR, GatewayProcess, start_gateway
 from tests.integration.routing_support import TOKEN, admin, audit_records, predict
 from tests.integration.test_triton_backend import mixed, write_repository

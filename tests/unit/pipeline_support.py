@@ -21,7 +21,8 @@ from feature_store.views import load_views
 from service.backends.base import Backend, TensorSignature
 from service.pipeline.features import Features
 from service.pipeline.pipeline import Pipeline
-from service.repository import Model, ModelConfig, ModelVersion
+from service.repository.config import ModelConfig
+from service.repository.loader import Model, ModelVersion
 from tests.conftest import MODELS_DIR
 
 MODEL = "fraud_mlp"

@@ -17,7 +17,8 @@ from feature_store.loader import synthetic_rows
 from feature_store.views import load_views
 from service.backends.onnx import OnnxBackend, OnnxOptions
 from service.guard import Guard
-from service.repository import ConfigError, ModelConfig, check_repository, read_config
+from service.repository.config import ConfigError, ModelConfig, read_config
+from service.repository.loader import check_repository
 from tests.conftest import MODELS_DIR
 
 SCORE: dict[str, Any] = {

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from service.guard import Guard, RollingRate
-from service.repository import ModelConfig
+from service.repository.config import ModelConfig
 
 FLOATS = st.floats(width=32, allow_nan=True, allow_infinity=True)
 BOUND = st.none() | st.floats(min_value=-1e6, max_value=1e6, width=32)

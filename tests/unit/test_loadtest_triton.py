@@ -11,7 +11,7 @@ import pytest
 from loadtests.render import markdown, render
 from loadtests.triton import direct_scenario, triton_repository
 from loadtests.workloads import SCENARIOS, ModelChoice, Scenario
-from service.repository import read_config
+from service.repository.config import read_config
 from tests.conftest import MODELS_DIR
 from tests.unit.test_loadtest_render import results_with
 

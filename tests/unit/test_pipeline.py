@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from service.pipeline.request import RequestContext
 from service.protocol.errors import InvalidInput, NotFound
 from service.protocol.v2 import InferRequest
-from service.routing import initial_policy
+from service.routing.config import initial_policy
 from tests.unit.pipeline_support import MODEL, VIEWS, RecordingBackend, build, config
 
 UNBATCHED = config(max_batch_size=4, dynamic_batching=None)

@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from service.protocol.errors import NotFound
-from service.repository import (
-    ConfigError,
-    ModelConfig,
-    Repository,
-    check_feature_bindings,
-    check_repository,
-    read_config,
-)
+from service.repository.checks import check_feature_bindings
+from service.repository.config import ConfigError, ModelConfig, read_config
+from service.repository.loader import Repository, check_repository
 from tests.conftest import MODELS_DIR
 
 
@@ -64,9 +58,9 @@ async def loaded() -> AsyncIterator[Repository]:
 async def test_loads_every_model_of_the_repository(loaded: Repository) -> None:
     assert sorted(loaded.models) == ["fraud_mlp", "heavy_mlp"]
     assert list(loaded.models["fraud_mlp"].versions) == ["1", "2"]
-    assert loaded.get("fraud_mlp").version == "2"
-    assert loaded.get("heavy_mlp").version == "1"
-    version = loaded.get("fraud_mlp", "1")
+    assert loaded.models["fraud_mlp"].default_version == "2"
+    assert loaded.models["heavy_mlp"].default_version == "1"
+    version = loaded.models["fraud_mlp"].versions["1"]
     assert version.path == MODELS_DIR / "fraud_mlp" / "1" / "model.onnx"
     assert version.config.max_batch_size == 64
     assert version.config.inputs[0].features is not None
@@ -74,24 +68,11 @@ async def test_loads_every_model_of_the_repository(loaded: Repository) -> None:
 
 
 async def test_fraud_versions_answer_differently(loaded: Repository) -> None:
-    v1 = await loaded.get("fraud_mlp", "1").backend.infer({"features": FEATURES})
-    v2 = await loaded.get("fraud_mlp", "2").backend.infer({"features": FEATURES})
+    versions = loaded.models["fraud_mlp"].versions
+    v1 = await versions["1"].backend.infer({"features": FEATURES})
+    v2 = await versions["2"].backend.infer({"features": FEATURES})
     assert v1["probability"].shape == (4, 1)
     assert np.abs(v1["probability"] - v2["probability"]).max() > 0.01
-
-
-async def test_empty_version_means_the_default_as_in_v2_grpc(loaded: Repository) -> None:
-    assert loaded.get("fraud_mlp", "").version == "2"
-
-
-async def test_unknown_model_lists_the_available_ones(loaded: Repository) -> None:
-    with pytest.raises(NotFound, match=r"unknown model 'x'; available: fraud_mlp, heavy_mlp$"):
-        loaded.get("x")
-
-
-async def test_unknown_version_lists_the_available_ones(loaded: Repository) -> None:
-    with pytest.raises(NotFound, match=r"model 'fraud_mlp' has no version '9'; available: 1, 2$"):
-        loaded.get("fraud_mlp", "9")
 
 
 async def test_default_version_is_the_highest_without_a_setting(
@@ -102,7 +83,7 @@ async def test_default_version_is_the_highest_without_a_setting(
     repository = await Repository.load(repo)
     try:
         assert list(repository.models["fraud_mlp"].versions) == ["1", "2", "10"]
-        assert repository.get("fraud_mlp").version == "10"
+        assert repository.models["fraud_mlp"].default_version == "10"
     finally:
         await repository.close()
 

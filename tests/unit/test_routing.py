@@ -15,23 +15,23 @@ from pydantic import ValidationError
 
 from service.pipeline.shadow import abs_diff
 from service.protocol.errors import InvalidInput
-from service.routing import (
+from service.routing.config import (
     CanaryConfig,
-    Mirror,
     ModelPolicy,
-    Router,
     RoutingConfig,
+    initial_policy,
+    read_routing_file,
+)
+from service.routing.mirror import Mirror
+from service.routing.rollout import (
     SlotStats,
     Tally,
     breach,
-    bucket,
-    explicit_version,
-    initial_policy,
     latency_bucket,
-    read_routing_file,
     slot_stats,
     window_keys,
 )
+from service.routing.router import Router, bucket, explicit_version
 
 ENTITIES = [f"user-{i}" for i in range(10_000)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.policy_store import (
+from service.routing.policy_store import (
     Doc,
     FilePolicyStore,
     MemoryPolicyStore,

@@ -8,7 +8,7 @@ own output guard applies to what it answers). The baseline is what was logged, o
 record logged from another version than `baseline`, that version re-scored the same way.
 The output guard runs on both sides, for the change in flag rate.
 
-`mlgate replay` (service.audit.replay_cli) drives it.
+`mlgate replay` (replay.cli) drives it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from service.protocol.json_codec import (
     tensor_from_bytes,
     tensor_from_json,
 )
-from service.repository import CONFIG_FILE, MODEL_FILE, ConfigError, ModelConfig, read_config
+from service.repository.config import CONFIG_FILE, MODEL_FILE, ConfigError, ModelConfig, read_config
 
 # Rows listed in the report's table of the largest differences.
 WORST_ROWS = 10

@@ -90,8 +90,8 @@ def _positive(text: str) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     # Imported here: onnxruntime, pyarrow and matplotlib take a while to load, and every
     # `mlgate` command builds this parser.
-    from service.audit.replay import ReplayError, ReplayOptions, replay, summary_rows
-    from service.audit.replay_report import write_report
+    from replay.report import write_report
+    from replay.run import ReplayError, ReplayOptions, replay, summary_rows
 
     options = ReplayOptions(
         model=args.model,
