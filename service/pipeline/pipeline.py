@@ -15,7 +15,6 @@ import numpy as np
 from feature_store.store import ViewRows
 from service import __version__
 from service.audit import AuditLog
-from service.guard import Verdict
 from service.pipeline import validate
 from service.pipeline.features import Features, apply_overrides, assemble
 from service.pipeline.guard import GuardStage
@@ -151,13 +150,31 @@ class Pipeline:
         started = time.perf_counter()
         with self.registry.lease(served):
             try:
-                prediction, verdict = await self._predict(
-                    served, ctx, inputs, entity_ids, overrides, started
-                )
+                features = await self._features(served, inputs, entity_ids, overrides)
+                fetched = time.perf_counter()
+                scores = await score(served, inputs, ctx)
+                outputs, verdict = await self.guard.check(served, inputs, scores, ctx)
             except Exception as exc:
                 self.record.tally(served, decision, started, error=server_side(exc), flagged=False)
                 raise
-        prediction.route = decision.route
+        done = time.perf_counter()
+        prediction = Prediction(
+            request_id=ctx.request_id,
+            model=served.model,
+            version=served.version,
+            outputs=outputs,
+            inputs=inputs,
+            entity_ids=entity_ids,
+            features=features,
+            route=decision.route,
+            latency_us={
+                "features": round((fetched - started) * 1e6),
+                "infer": round((done - fetched) * 1e6),
+                "total": round((done - started) * 1e6),
+            },
+            flags=verdict.reasons,
+            row_flags=verdict.row_flags,
+        )
         self.record.tally(
             served, decision, started, error=verdict.rejected, flagged=bool(prediction.flags)
         )
@@ -168,44 +185,22 @@ class Pipeline:
         self.shadow.copy(served, decision, prediction)
         return prediction
 
-    async def _predict(
+    async def _features(
         self,
         served: Served,
-        ctx: RequestContext,
         inputs: dict[str, np.ndarray],
         entity_ids: list[str] | None,
         overrides: Mapping[str, Any] | None,
-        started: float,
-    ) -> tuple[Prediction, Verdict]:
-        features: list[ViewRows] = []
-        if entity_ids is not None and served.plan is not None:
-            if served.batcher is not None:
-                # An overloaded version sheds load before it spends a store round trip.
-                served.batcher.admit()
-            features = await self.features.fetch(served.plan, entity_ids)
-            tensor = assemble(served.plan, features, len(entity_ids))
-            if overrides:
-                apply_overrides(served.plan, tensor, overrides)
-            inputs[served.plan.input_name] = tensor
-        fetched = time.perf_counter()
-        outputs, verdict = await self.guard.check(
-            served, inputs, await score(served, inputs, ctx), ctx
-        )
-        done = time.perf_counter()
-        prediction = Prediction(
-            request_id=ctx.request_id,
-            model=served.model,
-            version=served.version,
-            outputs=outputs,
-            inputs=inputs,
-            entity_ids=entity_ids,
-            features=features,
-            latency_us={
-                "features": round((fetched - started) * 1e6),
-                "infer": round((done - fetched) * 1e6),
-                "total": round((done - started) * 1e6),
-            },
-            flags=verdict.reasons,
-            row_flags=verdict.row_flags,
-        )
-        return prediction, verdict
+    ) -> list[ViewRows]:
+        """The entities' rows, assembled into the input they feed (in `inputs`)."""
+        if entity_ids is None or served.plan is None:
+            return []
+        if served.batcher is not None:
+            # An overloaded version sheds load before it spends a store round trip.
+            served.batcher.admit()
+        features = await self.features.fetch(served.plan, entity_ids)
+        tensor = assemble(served.plan, features, len(entity_ids))
+        if overrides:
+            apply_overrides(served.plan, tensor, overrides)
+        inputs[served.plan.input_name] = tensor
+        return features
