@@ -78,21 +78,27 @@ def header_deadline(request: Request) -> float | None:
     return time.monotonic() + ms / 1000
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work` in this task, cancelled if the client goes away first.
+async def unless_disconnected(request: Request, ctx: RequestContext, work: Awaitable[T]) -> T:
+    """Run `work` in this task, cancelled if the client goes away while it waits in a queue.
 
-    A cancelled request still queued in a batcher leaves the queue and never runs. The
-    watcher starts only once the request has taken longer than WATCH_AFTER_S: most answers
-    come sooner, and a timer costs far less than the task it saves on the hot path.
+    A cancelled request still queued in a batcher leaves the queue and never runs; one that
+    never queues has nothing to gain, so the watch is armed only when the pipeline says the
+    request is queued (`RequestContext.queued`). The watcher task starts once the request has
+    taken longer than WATCH_AFTER_S since: most answers come sooner, and a timer costs far less
+    than the task it saves on the hot path.
     """
     handler = asyncio.current_task()
     assert handler is not None
     watchers: list[asyncio.Task[None]] = []
+    timers: list[asyncio.TimerHandle] = []
 
     def watch() -> None:
         watchers.append(asyncio.create_task(_cancel_on_disconnect(request, handler)))
 
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
+    def arm() -> None:
+        timers.append(asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch))
+
+    ctx.on_queued = arm
     try:
         return await work
     except asyncio.CancelledError:
@@ -101,7 +107,8 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             raise ClientGone() from None
         raise
     finally:
-        timer.cancel()
+        for timer in timers:
+            timer.cancel()
         for watcher in watchers:
             watcher.cancel()
 
@@ -181,7 +188,7 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
             deadline=header_deadline(request),
             outputs=decoded.outputs,
         )
-        result = await unless_disconnected(request, pipeline(request).infer(ctx, decoded))
+        result = await unless_disconnected(request, ctx, pipeline(request).infer(ctx, decoded))
         payload, json_size = json_codec.encode_infer_response(
             result, decoded.binary_outputs, decoded.binary_all_outputs
         )
@@ -205,7 +212,7 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
             deadline=header_deadline(request),
         )
         work = pipeline(request).predict(ctx, body.entities, body.features, body.parameters)
-        result = await unless_disconnected(request, work)
+        result = await unless_disconnected(request, ctx, work)
         return json_response(
             {
                 "model": result.model,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.processes import free_port, stop, wait_for_port
+from loadtests.processes import RedisCluster, free_port, redis_cluster, stop, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
@@ -74,6 +74,25 @@ def doomed_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_session() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster on loopback for the test session (a few seconds to form)."""
+    with redis_cluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(cluster_session: RedisCluster) -> Iterator[RedisCluster]:
+    """The session's cluster, emptied, every node running and the cluster ok."""
+    for node, port in enumerate(cluster_session.ports):
+        if cluster_session.cli(port, "ping").strip() != "PONG":
+            cluster_session.start(node)
+    cluster_session.wait_ok()
+    for port in cluster_session.ports:
+        cluster_session.cli(port, "flushall")
+    yield cluster_session
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,9 @@ class RequestContext:
     # Outputs the client asked for; None: every output.
     outputs: list[str] | None = None
     decision: Decision | None = None
+    # Called once when the request enters a batcher's queue (a front may then watch for its
+    # client going away: a queued request can still be withdrawn).
+    on_queued: Callable[[], None] | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
@@ -56,10 +59,10 @@ class RequestContext:
             self.deadline = by if self.deadline is None else min(self.deadline, by)
         self.priority = priority or None
 
-    @property
-    def route(self) -> str:
-        assert self.decision is not None, "not routed yet"
-        return self.decision.route
+    def queued(self) -> None:
+        hook, self.on_queued = self.on_queued, None
+        if hook is not None:
+            hook()
 
 
 @dataclass(slots=True)

@@ -12,5 +12,6 @@ from service.pipeline.served import Served
 
 async def score(served: Served, inputs: Tensors, ctx: RequestContext) -> Tensors:
     if served.batcher is not None:
+        ctx.queued()
         return await served.batcher.submit(inputs, priority=ctx.priority, deadline=ctx.deadline)
     return await served.run(inputs, ctx.deadline)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -81,7 +80,7 @@ class Shadow:
             served, decision, ctx.started, error=verdict.rejected, flagged=bool(verdict.reasons)
         )
         shadow = Prediction(
-            request_id=uuid.uuid4().hex,
+            request_id=ctx.request_id,
             model=primary.model,
             version=job.version,
             outputs=verdict.outputs,
