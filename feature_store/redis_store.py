@@ -53,16 +53,20 @@ class RedisStore(OnlineStore):
         try:
             return await operation
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(f"feature store {self.url} unavailable: {_reason(exc)}") from exc
+            raise StoreUnavailable(
+                f"feature store {self.url} unavailable: {failure_reason(exc)}"
+            ) from exc
         except RedisError as exc:
             raise FeatureStoreError(f"feature store {self.url}: {exc}") from exc
 
     async def _fetch(self, keys: list[str]) -> list[bytes | None]:
+        self._round_trip()
         values = await self._call(self._client.mget(keys))
         # decode_responses is off, so values come back as bytes, never str.
         return cast(list[bytes | None], values)
 
     async def _store(self, items: list[tuple[str, bytes]]) -> None:
+        self._round_trip()
         pipe = self._client.pipeline(transaction=False)
         for start in range(0, len(items), MSET_KEYS):
             args = [part for item in items[start : start + MSET_KEYS] for part in item]
@@ -77,7 +81,7 @@ class RedisStore(OnlineStore):
         await self._pool.aclose()
 
 
-def _reason(exc: RedisError) -> str:
+def failure_reason(exc: Exception) -> str:
     """The OS-level reason (``Connection refused``) when there is one, not redis-py's prose."""
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, OSError) and cause.errno:

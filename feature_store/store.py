@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -85,6 +85,14 @@ class OnlineStore(ABC):
     """Reads and writes packed feature rows; one round trip per `read`, `read_many` and `write`."""
 
     kind: ClassVar[str]
+    # Called once per round trip to a server by reads and writes (not by `ping`), so the gateway
+    # can count them whatever the kind of store; None counts nothing.
+    on_round_trip: Callable[[], object] | None = None
+
+    def _round_trip(self) -> None:
+        """For backends: one round trip to one server is about to go out."""
+        if self.on_round_trip is not None:
+            self.on_round_trip()
 
     async def read(
         self,

@@ -59,6 +59,13 @@ FEATURE_FETCH_LATENCY = Histogram(
     ["store"],
     buckets=LATENCY_BUCKETS,
 )
+FEATURE_STORE_ROUND_TRIPS = Counter(
+    "mlgate_feature_store_round_trips_total",
+    "Round trips to the online store's servers for feature reads and writes: one per server a "
+    "read or write touches (per node on a Redis Cluster); divide by requests for trips per "
+    "request.",
+    ["store"],
+)
 FEATURE_ROWS = Counter(
     "mlgate_feature_rows_total",
     "Feature rows served, by view and status (fresh, stale, missing, defaulted).",
@@ -209,6 +216,11 @@ def inference_latency(model: str, version: str) -> HistogramChild:
 @lru_cache(maxsize=64)
 def feature_fetch_latency(store: str) -> HistogramChild:
     return FEATURE_FETCH_LATENCY.labels(store)
+
+
+@lru_cache(maxsize=64)
+def feature_store_round_trips(store: str) -> CounterChild:
+    return FEATURE_STORE_ROUND_TRIPS.labels(store)
 
 
 @lru_cache(maxsize=1024)

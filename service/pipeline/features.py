@@ -77,6 +77,7 @@ class Features:
             CoalescingReader(store) if coalesce else store
         )
         self._latency = metrics.feature_fetch_latency(store.kind)
+        store.on_round_trip = metrics.feature_store_round_trips(store.kind).inc
 
     async def fetch(self, plan: FeaturePlan, entity_ids: list[str]) -> list[ViewRows]:
         started = time.perf_counter()
