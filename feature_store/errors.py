@@ -32,5 +32,19 @@ class StoreUnavailable(FeatureStoreError):
     """The backend cannot be reached or did not answer within its timeout."""
 
 
+class PartlyUnavailable(StoreUnavailable):
+    """Some of a fetch's keys live on servers that did not answer (a cluster node down).
+
+    Carries what the other servers answered, so that a read of many lookups fails only the
+    lookups that needed a missing server: `blobs` has one value per key (None where absent or
+    unreached) and `unreached` the indices of the keys no server answered for.
+    """
+
+    def __init__(self, message: str, blobs: list[bytes | None], unreached: list[int]) -> None:
+        super().__init__(message)
+        self.blobs = blobs
+        self.unreached = unreached
+
+
 class SchemaMismatch(FeatureStoreError):
     """A stored row was written for another schema (names, dtype, width or layout version)."""

@@ -19,7 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from feature_store.codec import decode_rows, encode_rows, row_key
-from feature_store.errors import EntityNotFound, FeatureStoreError, SchemaMismatch
+from feature_store.errors import (
+    EntityNotFound,
+    FeatureStoreError,
+    PartlyUnavailable,
+    SchemaMismatch,
+    StoreUnavailable,
+)
 from feature_store.views import FeatureView
 
 
@@ -82,7 +88,8 @@ def display_url(url: str) -> str:
 
 
 class OnlineStore(ABC):
-    """Reads and writes packed feature rows; one round trip per `read`, `read_many` and `write`."""
+    """Reads and writes packed feature rows; one round trip per server (per cluster node) that
+    a `read`, `read_many` or `write` touches, the servers asked concurrently."""
 
     kind: ClassVar[str]
     # Called once per round trip to a server by reads and writes (not by `ping`), so the gateway
@@ -122,7 +129,9 @@ class OnlineStore(ABC):
 
         Each lookup gets what `read` would have given it: its rows, or its own error
         (EntityNotFound, SchemaMismatch) as a value, so that one lookup's missing entity fails
-        no other. A failed round trip (StoreUnavailable) raises: it fails every lookup.
+        no other. A failed round trip (StoreUnavailable) raises: it fails every lookup; where
+        only some servers failed (PartlyUnavailable, a cluster node down), only the lookups
+        with a key on them get StoreUnavailable, as a value.
         Lookups of the same views (one model's feature plan) are decoded together, a few numpy
         calls per view for the whole lot.
         """
@@ -142,7 +151,11 @@ class OnlineStore(ABC):
             spans.append((members, ids, len(keys)))
             for view in lookups[members[0]].views:
                 keys.extend(row_key(view, entity_id) for entity_id in ids)
-        blobs = await self._fetch(keys) if keys else []
+        unreached: PartlyUnavailable | None = None
+        try:
+            blobs = await self._fetch(keys) if keys else []
+        except PartlyUnavailable as exc:
+            blobs, unreached = exc.blobs, exc
         now = epoch_ms()
         results: list[list[ViewRows] | FeatureStoreError] = [[] for _ in lookups]
         for members, ids, first in spans:
@@ -154,6 +167,8 @@ class OnlineStore(ABC):
                 got = _rows_of_each(group, blobs, first, now)
             for i, rows in zip(members, got, strict=True):
                 results[i] = rows
+        if unreached is not None:
+            _fail_unreached(lookups, spans, len(keys), unreached, results)
         return results
 
     async def write(
@@ -268,6 +283,30 @@ def _rows_of_each(
             results.append(exc)
         offset += m
     return results
+
+
+def _fail_unreached(
+    lookups: Sequence[Lookup],
+    spans: list[tuple[list[int], list[str], int]],
+    n_keys: int,
+    error: PartlyUnavailable,
+    results: list[list[ViewRows] | FeatureStoreError],
+) -> None:
+    """StoreUnavailable for each lookup with a key no server answered for (its rows were
+    decoded as missing); the other lookups keep their rows."""
+    unreached = np.zeros(n_keys, dtype=np.bool_)
+    unreached[error.unreached] = True
+    for members, ids, first in spans:
+        n = len(ids)
+        views = len(lookups[members[0]].views)
+        # (views, entities of the group) -> per entity, whether any of its views was unreached
+        per_entity = np.logical_or.reduce(unreached[first : first + views * n].reshape(views, n))
+        offset = 0
+        for i in members:
+            m = len(lookups[i].entity_ids)
+            if per_entity[offset : offset + m].any():
+                results[i] = StoreUnavailable(str(error))
+            offset += m
 
 
 def _not_found(

@@ -69,8 +69,13 @@ class Settings(BaseSettings):
     @field_validator("feature_store")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if not url.startswith(("memory://", "redis://", "rediss://")):
-            raise ValueError(f"{url!r}: expected memory://, redis://host:port/db or rediss://…")
+        if not url.startswith(
+            ("memory://", "redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+        ):
+            raise ValueError(
+                f"{url!r}: expected memory://, redis://host:port/db, rediss://… "
+                "or redis+cluster://host:port/0"
+            )
         return url
 
     @field_validator("policy_store")
