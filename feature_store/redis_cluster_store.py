@@ -101,6 +101,17 @@ class _SlotCommand:
             self.reply = all(replies)
 
 
+def client_url(url: str) -> str:
+    """The URL redis-py's RedisCluster.from_url takes for ``redis+cluster://host:port/0``
+    (``rediss+cluster://`` with TLS): any one node, from which the client finds the others."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise ValueError(f"{display_url(url)!r}: a cluster URL starts with redis+cluster://")
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError(f"{display_url(url)!r}: a Redis Cluster has database 0 only (path /0)")
+    return parts._replace(scheme=SCHEMES[parts.scheme], path="/0").geturl()
+
+
 class RedisClusterStore(OnlineStore):
     """Packed rows in a Redis Cluster (``redis+cluster://host:port/0``).
 
@@ -114,13 +125,8 @@ class RedisClusterStore(OnlineStore):
 
     def __init__(self, url: str, *, socket_timeout: float = 1.0, max_connections: int = 64) -> None:
         self.url = display_url(url)
-        parts = urlsplit(url)
-        if parts.scheme not in SCHEMES:
-            raise ValueError(f"{self.url!r}: a cluster URL starts with redis+cluster://")
-        if parts.path not in ("", "/", "/0"):
-            raise ValueError(f"{self.url!r}: a Redis Cluster has database 0 only (path /0)")
         self._client = RedisCluster.from_url(
-            parts._replace(scheme=SCHEMES[parts.scheme], path="/0").geturl(),
+            client_url(url),
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
             max_connections=max_connections,  # per node

@@ -71,8 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Must be set before any worker imports prometheus_client.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlgate-metrics-")
-    if settings.workers > 1 and settings.policy_store is None:
-        # Workers must share one routing policy: a file they all watch, unless told otherwise.
+    if settings.workers > 1 and settings.shared_policy_store is None:
+        # Workers must share one routing policy: without a Redis to keep it, a file they all
+        # watch.
         shared = Path(tempfile.mkdtemp(prefix="mlgate-policy-")) / "policy.json"
         settings = settings.model_copy(update={"policy_store": f"file://{shared}"})
     export_settings(settings)
@@ -156,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="processes (metrics are aggregated)")
     serve.add_argument("--models", type=Path, help="model repository (default: models)")
     serve.add_argument("--views", type=Path, help="feature views YAML")
-    serve.add_argument("--feature-store", help="memory:// or redis://host:port/db")
+    serve.add_argument(
+        "--feature-store", help="memory://, redis://host:port/db or redis+cluster://host:port/0"
+    )
     serve.add_argument("--demo-entities", type=int, help="entities seeded into memory://")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--max-body-bytes", type=int)
@@ -176,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--audit", help="file://PATH, redis://host:port/db or none")
     serve.add_argument("--audit-spill-dir", type=Path)
     serve.add_argument(
-        "--policy-store", help="routing policies shared by workers: file:///path or redis://…"
+        "--policy-store",
+        help="routing policies shared by workers and replicas: file:///path, redis://… or "
+        "redis+cluster://… (default: the feature store's Redis)",
     )
     serve.add_argument(
         "--routing", type=Path, help="YAML of model -> routing section, over config.yaml's"

@@ -96,7 +96,7 @@ class Lifecycle:
         unknown = sorted(set(overrides) - set(pipeline.registry.models))
         if unknown:
             raise ConfigError(f"{settings.routing}: no model {', '.join(unknown)} to route")
-        store = open_policy_store(settings.policy_store or "memory://")
+        store = open_policy_store(settings.shared_policy_store or "memory://")
         lifecycle = cls(pipeline, repository, store, settings.watch_models_s)
         for model in pipeline.registry.models:
             loaded = pipeline.registry.loaded(model)

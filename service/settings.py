@@ -11,6 +11,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # A fixed batching delay beyond this is surely a unit mistake (milliseconds for microseconds).
 MAX_BATCHING_DELAY_US = 1_000_000
 
+# Redis, one node or a Cluster (`redis+cluster://host:port/0`: any one node, the client finds
+# the others), with TLS or without.
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+
+
+def default_policy_store(feature_store: str) -> str | None:
+    """The policy store a process takes when none is named: the feature store's Redis, so that
+    every replica behind a Service holds one routing policy with no flag of its own; None for
+    a store-less (memory://) demo, which keeps its policy to itself."""
+    return feature_store if feature_store.startswith(REDIS_SCHEMES) else None
+
 
 class Settings(BaseSettings):
     """Every setting of a gateway process; flags override the environment."""
@@ -49,8 +60,10 @@ class Settings(BaseSettings):
     # Spill files for audit records the sink could not take (drained back when it returns).
     audit_spill_dir: Path = Path(".mlgate/spill")
     # Where every process finds the routing policies and rollout counts: memory:// (this process
-    # only), file:///path.json (processes of one host) or redis://host:port/db. Unset: memory://,
-    # or with several workers a policy file in a temporary directory.
+    # only), file:///path.json (processes of one host), redis://host:port/db or
+    # redis+cluster://host:port/0. Unset: the feature store's Redis when it is one (replicas and
+    # workers share it with no flag), else memory://, or with several workers a policy file in a
+    # temporary directory. See `shared_policy_store`.
     policy_store: str | None = None
     # The admin API's bearer token (MLGATE_ADMIN_TOKEN), or a file of tokens, one a line, each
     # `name:token` or a bare token. Without either the admin API refuses every call.
@@ -69,9 +82,7 @@ class Settings(BaseSettings):
     @field_validator("feature_store")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if not url.startswith(
-            ("memory://", "redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
-        ):
+        if not url.startswith(("memory://", *REDIS_SCHEMES)):
             raise ValueError(
                 f"{url!r}: expected memory://, redis://host:port/db, rediss://… "
                 "or redis+cluster://host:port/0"
@@ -81,11 +92,10 @@ class Settings(BaseSettings):
     @field_validator("policy_store")
     @classmethod
     def _known_store(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(
-            ("memory://", "file://", "redis://", "rediss://")
-        ):
+        if url is not None and not url.startswith(("memory://", "file://", *REDIS_SCHEMES)):
             raise ValueError(
-                f"{url!r}: expected memory://, file:///path.json or redis://host:port/db"
+                f"{url!r}: expected memory://, file:///path.json, redis://host:port/db "
+                "or redis+cluster://host:port/0"
             )
         return url
 
@@ -97,6 +107,14 @@ class Settings(BaseSettings):
                 "drop one of the two"
             )
         return self
+
+    @property
+    def shared_policy_store(self) -> str | None:
+        """The policy store every process of the fleet shares: policy_store when given, else
+        the feature store's Redis; None when neither names one."""
+        if self.policy_store is not None:
+            return self.policy_store
+        return default_policy_store(self.feature_store)
 
     @property
     def views_path(self) -> Path:

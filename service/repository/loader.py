@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from feature_store.errors import ViewConfigError
 from feature_store.views import load_views
 from service.backends.base import Backend
-from service.backends.onnx import OnnxBackend
+from service.backends.onnx import CPU, OnnxBackend
 from service.backends.triton import TritonBackend
 from service.protocol.errors import GatewayError
 from service.repository.checks import FeatureViewLike, binding_errors, graph_errors
@@ -166,8 +166,8 @@ def check_repository(root: Path, views_path: Path | None = None) -> list[str]:
     """Every problem of the repository under `root`, one per line; [] when it can be served.
 
     Feature bindings are checked against the views declared in `views_path` when given. Builds
-    each session, and reads the metadata of each version Triton serves, to check its inputs and
-    outputs against config.yaml but runs no inference.
+    a CPU session of each version, and reads the metadata of each version Triton serves, to
+    check its inputs and outputs against config.yaml but runs no inference.
     """
     try:
         config_paths = _config_paths(root)
@@ -178,7 +178,7 @@ def check_repository(root: Path, views_path: Path | None = None) -> list[str]:
     with ThreadPoolExecutor(1) as executor:
         for path in config_paths:
             try:
-                asyncio.run(_check_model(_open_model(path, views, executor)))
+                asyncio.run(_check_model(_open_model(path, views, executor, cpu_only=True)))
             except ConfigError as exc:
                 errors.extend(str(exc).splitlines())
     return errors
@@ -313,9 +313,11 @@ def _open_model(
     views: Mapping[str, FeatureViewLike] | None,
     executor: ThreadPoolExecutor,
     only: str | None = None,
+    *,
+    cpu_only: bool = False,
 ) -> _OpenedModel:
     """Read and check one model and open (without warming up) its onnxruntime versions, or
-    just version `only`."""
+    just version `only`; on the CPU alone with `cpu_only`, whatever the config asks."""
     config = read_config(config_path)
     errors = []
     directory = config_path.parent.name
@@ -371,12 +373,17 @@ def _open_model(
         for version in sorted(routed - set(found.names), key=int)
     ]
 
+    options = config.onnxruntime
+    if cpu_only:
+        # A check needs only the graphs' signatures. GPU sessions would load CUDA and cuDNN and
+        # hold a CUDA context (and its memory) in `mlgate serve`'s parent, which never serves.
+        options = options.model_copy(update={"providers": [CPU]})
     versions = {}
     for version, path in found.onnx.items():
         if only is not None and version != only:
             continue
         try:
-            backend = OnnxBackend(path, config.onnxruntime, executor)
+            backend = OnnxBackend(path, options, executor)
         except GatewayError as exc:
             errors.append(exc.message)
             continue

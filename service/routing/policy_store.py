@@ -5,6 +5,8 @@
                          each process writes its counts beside it (<path>.windows/<pid>.json)
     redis://host:port/db Redis: a key per policy, a pub/sub message per change, counts in
                          hashes that expire with their window
+    redis+cluster://host:port/0
+                         the same on a Redis Cluster (any one node; the client finds the others)
 
 A policy is a JSON object the store does not interpret; `update` replaces one atomically
 (read, change, write under a lock or WATCH), so two processes changing the same policy at once
@@ -24,11 +26,15 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, WatchError
+
+from feature_store.redis_cluster_store import client_url
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,15 @@ Change = Callable[[Doc | None], Doc | None]
 FILE_POLL_S = 0.1
 # Redis: re-read every policy this often even without a message, in case one was missed.
 REDIS_RESYNC_S = 5.0
-_REDIS_PREFIX = "mlgate:routing:"
+# Redis: after losing the change channel, wait this long before subscribing again.
+REDIS_RESUBSCRIBE_S = 0.2
+# One hash tag on every key: a Redis Cluster keeps them all in one slot, so WATCH/MULTI/EXEC on
+# a policy and the reads of a window's counts stay on one node.
+_REDIS_PREFIX = "{mlgate:routing}:"
+# A channel has no slot: a PUBLISH on a cluster reaches the subscribers of every node.
+_REDIS_CHANNEL = "mlgate:routing:changes"
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_REDIS_TIMEOUTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
 
 
 class PolicyStore(ABC):
@@ -75,9 +89,12 @@ def open_policy_store(url: str) -> PolicyStore:
         return MemoryPolicyStore()
     if url.startswith("file://"):
         return FilePolicyStore(Path(url.removeprefix("file://")))
-    if url.startswith(("redis://", "rediss://")):
+    if url.startswith(("redis://", "rediss://", *_CLUSTER_SCHEMES)):
         return RedisPolicyStore(url)
-    raise ValueError(f"{url!r}: expected memory://, file:///path or redis://host:port/db")
+    raise ValueError(
+        f"{url!r}: expected memory://, file:///path, redis://host:port/db "
+        "or redis+cluster://host:port/0"
+    )
 
 
 class _Counts:
@@ -248,34 +265,98 @@ def _write_atomically(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _cluster_client(url: str) -> RedisCluster:
+    """A cluster client from `redis+cluster://host:port/0` (or `rediss+cluster://`)."""
+    return RedisCluster.from_url(client_url(url), **_REDIS_TIMEOUTS)
+
+
+@dataclass
+class _Subscription:
+    """The change channel, subscribed through one server."""
+
+    pubsub: PubSub
+    node: str  # host:port
+    client: Redis | None  # a client of its own, for one node of a cluster
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.pubsub.aclose()
+        if self.client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.client.aclose()
+
+
 class RedisPolicyStore(PolicyStore):
-    """Policies at mlgate:routing:policy:<model>, changes announced on mlgate:routing:changes,
-    counts in hashes mlgate:routing:counts:<key>."""
+    """Policies at {mlgate:routing}:policy:<model>, counts in hashes
+    {mlgate:routing}:counts:<key>, changes announced on mlgate:routing:changes.
+
+    On a cluster every key is in the one slot of the hash tag; the change channel is heard
+    through any one node (first the one holding the policies) and, when that node goes away,
+    through the next that answers. Changes missed meanwhile are made up by a resync.
+    """
 
     kind = "redis"
 
     def __init__(self, url: str) -> None:
-        self._client: Redis = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
-        self._channel = f"{_REDIS_PREFIX}changes"
+        self._client: Redis | RedisCluster = (
+            _cluster_client(url)
+            if url.startswith(_CLUSTER_SCHEMES)
+            else Redis.from_url(url, **_REDIS_TIMEOUTS)
+        )
         self._listener: asyncio.Task[None] | None = None
+        self._subscription: _Subscription | None = None
+
+    @property
+    def listening(self) -> str | None:
+        """host:port of the server whose change channel this store hears now."""
+        return None if self._subscription is None else self._subscription.node
 
     def _key(self, model: str) -> str:
         return f"{_REDIS_PREFIX}policy:{model}"
 
     async def start(self, on_change: OnChange) -> None:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._channel)
-        self._listener = asyncio.create_task(self._listen(pubsub, on_change))
+        self._subscription = await self._subscribe()
+        self._listener = asyncio.create_task(self._listen(on_change))
 
-    async def _listen(self, pubsub: Any, on_change: OnChange) -> None:
+    async def _subscribe(self) -> _Subscription:
+        client = self._client
+        if isinstance(client, Redis):
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe(_REDIS_CHANNEL)
+            where = client.connection_pool.connection_kwargs
+            return _Subscription(pubsub, f"{where.get('host')}:{where.get('port')}", None)
+        await client.initialize()
+        owner = client.get_node_from_key(_REDIS_PREFIX)
+        nodes = sorted(client.get_nodes(), key=lambda node: node is not owner)
+        error: Exception = RedisError("the cluster knows no node")
+        for node in nodes:
+            pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+            one = Redis.from_pool(pool)
+            pubsub = one.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(_REDIS_CHANNEL)
+            except (RedisError, OSError) as exc:
+                error = exc
+                await _Subscription(pubsub, node.name, one).close()
+                continue
+            return _Subscription(pubsub, node.name, one)
+        raise error
+
+    async def _listen(self, on_change: OnChange) -> None:
         resync = time.monotonic() + REDIS_RESYNC_S
         try:
             while True:
                 try:
-                    message = await pubsub.get_message(timeout=1.0)
+                    if self._subscription is None:
+                        self._subscription = await self._subscribe()
+                        log.info("policy store: hearing changes through %s", self.listening)
+                    message = await self._subscription.pubsub.get_message(timeout=1.0)
                 except (RedisError, OSError) as exc:
                     log.warning("policy store: lost the change channel (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
+                    if self._subscription is not None:
+                        await self._subscription.close()
+                        self._subscription = None
+                    await asyncio.sleep(REDIS_RESUBSCRIBE_S)
                     resync = 0.0  # changes may have gone by unannounced
                     continue
                 if message is not None and message["type"] == "message":
@@ -284,14 +365,17 @@ class RedisPolicyStore(PolicyStore):
                     resync = time.monotonic() + REDIS_RESYNC_S
                     await on_change(None)
         finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+            if self._subscription is not None:
+                await self._subscription.close()
+                self._subscription = None
 
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        elif self._subscription is not None:
+            await self._subscription.close()
         await self._client.aclose()
 
     async def read(self, model: str) -> Doc | None:
@@ -312,11 +396,22 @@ class RedisPolicyStore(PolicyStore):
                         return current
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, json.dumps(new, separators=(",", ":")))
-                    pipe.publish(self._channel, model)
                     await pipe.execute()
-                    return new
+                    break
                 except WatchError:
                     continue  # another process changed it between our read and write
+        # Announced after the transaction: a cluster's MULTI holds the commands of one slot, and
+        # a channel has none.
+        try:
+            await self._client.publish(_REDIS_CHANNEL, model)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "policy store: %s's policy is stored but not announced (%s); the other processes "
+                "take it up at their next resync",
+                model,
+                exc,
+            )
+        return new
 
     async def add_counts(self, counts: Mapping[str, Mapping[str, float]], ttl_s: float) -> None:
         pipe = self._client.pipeline(transaction=False)

@@ -21,7 +21,7 @@ from service.routing.policy_store import (
 )
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "cluster"])
 async def pair(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[PolicyStore, PolicyStore]]:
@@ -32,7 +32,9 @@ async def pair(
             FilePolicyStore(path, writer="b"),
         )
     else:
-        url = request.getfixturevalue("redis_url")
+        fixture = "redis_url" if request.param == "redis" else "cluster"
+        value = request.getfixturevalue(fixture)
+        url = value if isinstance(value, str) else value.url
         stores = (RedisPolicyStore(url), RedisPolicyStore(url))
     yield stores
     for store in stores:
