@@ -8,8 +8,9 @@ meanwhile. No timer is involved: a lone read pays a task and a loop turn each wa
 behind.
 
 Each caller still gets what `OnlineStore.read` would have given it: its own rows in its own
-order, its own EntityNotFound or SchemaMismatch (which fail no other caller); only a failed
-round trip (StoreUnavailable) fails every read that was in it.
+order, its own EntityNotFound or SchemaMismatch (which fail no other caller); a failed round
+trip (StoreUnavailable) fails every read that was in it, and on a Redis Cluster a node that
+did not answer fails only the reads with a key on it.
 """
 
 from __future__ import annotations

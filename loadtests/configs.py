@@ -51,7 +51,13 @@ class GatewayConfig:
     measures directly (loadtests/triton.py); skipped where `make triton-venv` has not run."""
     overload: Overload | None = None
     """Set: the overload measurement (loadtests/overload.py) instead of the scenario matrix."""
+    redis_cluster: bool = False
+    """True: the features come from a 3-master Redis Cluster on loopback that the suite starts
+    and seeds (redis+cluster://), not from the suite's one redis-server."""
 
+
+# The configuration whose features come from a Redis Cluster (the page compares it to its base).
+CLUSTER_CONFIG = "redis-cluster"
 
 CONFIGS: dict[str, GatewayConfig] = {
     c.name: c
@@ -108,6 +114,15 @@ CONFIGS: dict[str, GatewayConfig] = {
             serve_args=("--routing", "loadtests/shadow.yaml"),
             scenarios=("predict-1", "predict-8-zipf"),
             compare_to="baseline",
+        ),
+        GatewayConfig(
+            CLUSTER_CONFIG,
+            "features from a 3-master Redis Cluster on loopback (--feature-store"
+            " redis+cluster://…), one pipelined round trip per node a request's entities touch;"
+            " baseline reads one redis-server",
+            scenarios=("predict-8-zipf", "predict-32-zipf"),
+            compare_to="baseline",
+            redis_cluster=True,
         ),
         GatewayConfig(
             "workers-2",

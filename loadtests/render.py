@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from loadtests.against import section as against_section
-from loadtests.configs import SIDE_BY_SIDE
+from loadtests.configs import CLUSTER_CONFIG, SIDE_BY_SIDE
 from loadtests.render_gpu import gpu_section, latest_gpu_results
 from loadtests.report import mib, ms
 from loadtests.workloads import SCENARIOS
@@ -116,6 +116,7 @@ def markdown(
     lines += _comparison_section(results["configs"], results["runs"])
     for title, names in SIDE_BY_SIDE.items():
         lines += _side_by_side_section(title, names, results["runs"])
+    lines += _cluster_section(results["configs"], results["runs"])
     lines += _triton_section(results)
     lines += _overload_section(results.get("overload"), memory_plot_name)
     lines += gpu_section(latest_gpu_results())
@@ -275,6 +276,44 @@ def _side_by_side_section(
                 f" | {ms(latency['p50'])} | {ms(latency['p99'])} | {_batch(run)} |"
             )
     return lines
+
+
+def _cluster_section(configs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:
+    """The cluster configuration beside the one it is compared to: rate, tail, round trips."""
+    cluster = next((c for c in configs if c["name"] == CLUSTER_CONFIG), None)
+    if cluster is None or not cluster.get("compare_to"):
+        return []
+    base_name = cluster["compare_to"]
+    single = {(r["scenario"], r["concurrency"]): r for r in runs if r["config"] == base_name}
+    lines = [
+        "",
+        "## Redis Cluster against one Redis node",
+        "",
+        f"`{CLUSTER_CONFIG}` reads the features from 3 masters on this machine; `{base_name}`"
+        " from one redis-server, in the same run. *round trips* = feature-store round trips per"
+        " request (`mlgate_feature_store_round_trips_total` over requests answered): coalesced"
+        " reads share one, and a cluster read takes one per node its entities touch.",
+        "",
+        "| scenario | c | one node req/s | cluster req/s | ratio | one node p99 ms"
+        " | cluster p99 ms | round trips, one node | round trips, cluster |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        base = single.get((run["scenario"], run["concurrency"]))
+        if run["config"] != CLUSTER_CONFIG or base is None or not base["throughput_rps"]:
+            continue
+        lines.append(
+            f"| {run['scenario']} | {run['concurrency']} | {base['throughput_rps']:.0f}"
+            f" | {run['throughput_rps']:.0f} | {run['throughput_rps'] / base['throughput_rps']:.2f}"
+            f" | {ms(base['latency_us']['p99'])} | {ms(run['latency_us']['p99'])}"
+            f" | {_trips(base)} | {_trips(run)} |"
+        )
+    return lines
+
+
+def _trips(run: dict[str, Any]) -> str:
+    trips = run.get("round_trips_per_request")
+    return "-" if trips is None else f"{trips:.2f}"
 
 
 def _triton_section(results: dict[str, Any]) -> list[str]:

@@ -30,7 +30,7 @@ from loadtests.configs import CONFIGS, GatewayConfig
 from loadtests.floor import format_floor, measure_floor
 from loadtests.generator import LoadSpec, RunResult
 from loadtests.overload import REFUSED, measure_overload
-from loadtests.processes import HOST, gateway, redis_server, trivial_server
+from loadtests.processes import HOST, gateway, redis_cluster, redis_server, trivial_server
 from loadtests.render import render
 from loadtests.report import mib, ms
 from loadtests.runner import Job, execute
@@ -66,6 +66,7 @@ FLOOR_SAMPLES = 3000
 # The addresses printed in reproducible commands; the suite itself uses free ports.
 DOC_URLS = {"http": "http://127.0.0.1:8000", "grpc": "grpc://127.0.0.1:8001"}
 DOC_REDIS = "redis://127.0.0.1:6379/0"
+DOC_CLUSTER = "redis+cluster://127.0.0.1:7000/0"
 DOC_TRITON_PORTS = {"grpc": 8101, "http": 8100}
 DOC_TRITON_MODELS = "/tmp/models-triton"
 
@@ -152,6 +153,16 @@ def run_suite(settings: SuiteSettings) -> Path:
                     DOC_URLS["http"],
                 )
                 _say(_brief_overload(results["overload"]))
+            elif config.redis_cluster:
+                results["configs"].append(_describe(config, settings, str(settings.models)))
+                with redis_cluster(3) as cluster:
+                    took = asyncio.run(seed(cluster.url, settings.views, settings.entities))
+                    _say(
+                        f"seeded {settings.entities} entities into a 3-node cluster in {took:.1f} s"
+                    )
+                    results["runs"] += measure_gateway(
+                        settings, config, cluster.url, settings.models, Path(logs)
+                    )
             elif not config.triton:
                 results["configs"].append(_describe(config, settings, str(settings.models)))
                 results["runs"] += measure_gateway(
@@ -280,8 +291,12 @@ def measure(
     for level in settings.concurrency:
         spec = LoadSpec(concurrency=level, duration_s=settings.duration_s)
         before = batch_totals(metrics_url)
+        trips = metric_total(metrics_url, ROUND_TRIPS)
         repeats = [execute(Job(url, workload, spec)) for _ in range(settings.repeats)]
         point = summarise(repeats) | {"rows_per_batch": rows_per_batch(before, metrics_url)}
+        if point["requests"]:
+            trips = metric_total(metrics_url, ROUND_TRIPS) - trips
+            point["round_trips_per_request"] = round(trips / point["requests"], 3)
         command = (
             f"mlgate bench run --url {DOC_URLS[config.protocol]} --scenario {scenario}"
             f" --concurrency {level}"
@@ -295,6 +310,16 @@ def measure(
         )
         _say(f"{config.name} {scenario} c={level}: {_brief_point(point)}")
     return points
+
+
+ROUND_TRIPS = "mlgate_feature_store_round_trips_total"
+
+
+def metric_total(metrics_url: str, name: str) -> float:
+    """The sum of a counter's samples, over every label set."""
+    text = httpx.get(metrics_url, timeout=10).text
+    pattern = re.compile(rf"^{name}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
 
 
 _BATCH_LINE = re.compile(r"^mlgate_batch_size_(sum|count)\{[^}]*\} (\S+)$", re.MULTILINE)
@@ -359,7 +384,8 @@ def _describe(config: GatewayConfig, settings: SuiteSettings, models: str) -> di
     grpc = ["--grpc-port", "8001"] if config.protocol == "grpc" else []
     flags = " ".join([*grpc, "--models", models, *config.serve_args])
     env = " ".join(f"{k}={v}" for k, v in config.env.items())
-    command = f"mlgate serve --host 127.0.0.1 --port 8000 {flags} --feature-store {DOC_REDIS}"
+    store = DOC_CLUSTER if config.redis_cluster else DOC_REDIS
+    command = f"mlgate serve --host 127.0.0.1 --port 8000 {flags} --feature-store {store}"
     return {
         "name": config.name,
         "description": config.description,

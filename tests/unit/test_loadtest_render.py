@@ -227,3 +227,30 @@ def test_an_earlier_trees_points_are_shown_as_ratios_and_slower_ones_marked(
     # Without an earlier tree, no such section.
     render(results_with(p50_us=2_000, p99_us=4_000), docs)
     assert "Against an earlier tree" not in docs.read_text()
+
+
+def test_the_cluster_is_shown_beside_its_single_node_base_with_round_trips(
+    tmp_path: Path,
+) -> None:
+    results = results_with(p50_us=2_000, p99_us=4_000)
+    results["configs"].append(
+        {
+            "name": "redis-cluster",
+            "description": "3 masters",
+            "command": "mlgate serve --feature-store redis+cluster://127.0.0.1:7000/0",
+            "compare_to": "baseline",
+        }
+    )
+    base = results["runs"][1]
+    base["round_trips_per_request"] = 0.05
+    results["runs"].append(
+        base
+        | {"config": "redis-cluster", "throughput_rps": 2800.0, "round_trips_per_request": 0.15}
+    )
+    docs = tmp_path / "benchmarks.md"
+    render(results, docs)
+    text = docs.read_text()
+    assert "## Redis Cluster against one Redis node" in text
+    assert "| predict-1 | 8 | 5600 | 2800 | 0.50 | 4.000 | 4.000 | 0.05 | 0.15 |" in text
+    render(results_with(p50_us=2_000, p99_us=4_000), docs)
+    assert "Redis Cluster against" not in docs.read_text()
