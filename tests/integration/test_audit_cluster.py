@@ -8,6 +8,7 @@ import asyncio
 import re
 from pathlib import Path
 
+import httpx
 import orjson
 import pyarrow.parquet as pq
 import pytest
@@ -19,7 +20,8 @@ from service.audit.reader import export
 from service.audit.sinks import RedisClusterStreamSink
 from service.audit.streams import parse
 from service.cli import main
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, start_gateway
+from tests.integration.test_audit_path import wait_for
 from tests.integration.test_audit_redis import eventually
 from tests.integration.test_replay import make_records, write
 from tests.unit.test_audit_record import make_record
@@ -98,6 +100,22 @@ def test_records_land_on_every_node_and_the_cli_reads_each_once_in_time_order(
     cli("audit", "tail", "--audit", cluster.url, "--model", "fraud_mlp", "--all")
     lines = capsys.readouterr().out.splitlines()
     assert [orjson.loads(line)["request_id"] for line in lines] == exported
+
+
+def test_a_gateway_serving_with_a_cluster_audit_url_records_every_answer(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    gw = start_gateway(tmp_path, "--demo-entities", "100", env={"MLGATE_AUDIT": cluster.url})
+    try:
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            for i in range(40):
+                body = {"entities": [f"u{i}"], "request_id": f"req-{i}"}
+                assert c.post("/v1/models/fraud_mlp:predict", json=body).status_code == 200
+        got = asyncio.run(wait_for(cluster.url, "fraud_mlp", 40))
+    finally:
+        gw.stop()
+    assert sorted(r.request_id for r in got) == sorted(f"req-{i}" for i in range(40))
+    assert len([ids for ids in stream_request_ids(cluster, "fraud_mlp").values() if ids]) > 1
 
 
 def test_replay_re_scores_every_sharded_record_once(
