@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     coalesce_reads: bool = True
     # Threads that run model sessions off the event loop.
     inference_threads: int = Field(default=4, ge=1)
-    # Where every prediction is recorded: file://PATH, redis://host:port/db[?maxlen=N] or none.
+    # Where every prediction is recorded: file://PATH, redis://host:port/db[?maxlen=N],
+    # redis+cluster://host:port/0[?shards=N&maxlen=N] (any one node of a Redis Cluster; each
+    # model's stream sharded over N hash-tagged streams, default 8) or none.
     audit: str = "file://.mlgate/audit.log"
     # Spill files for audit records the sink could not take (drained back when it returns).
     audit_spill_dir: Path = Path(".mlgate/spill")

@@ -41,7 +41,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     tail.set_defaults(func=run_tail)
 
     export = commands.add_parser(
-        "export", help="export a model's records to Parquet through a consumer group"
+        "export",
+        help="export a model's records to Parquet through a consumer group (on every shard: "
+        "a run resumes each where the last stopped)",
     )
     _add_source(export)
     export.add_argument("--since", type=parse_time, help="epoch ms, ISO 8601 or an age (15m)")
@@ -57,8 +59,9 @@ def _add_source(p: argparse.ArgumentParser) -> None:
         "--audit",
         default=os.environ.get("MLGATE_AUDIT", DEFAULT_AUDIT_URL),
         metavar="URL",
-        help="where the gateway writes, as `serve --audit` (default: $MLGATE_AUDIT or "
-        f"{DEFAULT_AUDIT_URL})",
+        help="where the gateway writes, as `serve --audit`: file://PATH, redis://host:port/db "
+        "or redis+cluster://host:port/0[?shards=N] (every shard is read, merged by time; "
+        f"shards as the gateway's) (default: $MLGATE_AUDIT or {DEFAULT_AUDIT_URL})",
     )
     p.add_argument("--model", required=True)
 

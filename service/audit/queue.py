@@ -2,11 +2,18 @@
 
 `submit` is all the request path pays: encode, account, append; no await, no lock, no I/O.
 The writer takes batches off the queue and hands them to the sink. When the sink fails, the
-failed batch and everything after it go to the spill file instead; the writer retries the
-sink with backoff by writing the oldest spilled chunk, and keeps draining the spill, oldest
-first, until it is empty. New records queue behind the spill meanwhile, so the sink sees
-them in submission order. Whatever cannot be kept (queue full, spill full, no spill) is
-dropped, counted and logged once per burst.
+failed records and every later one of their lanes go to the spill instead; the writer
+retries the sink with backoff by writing the oldest spilled chunk of each lane, and keeps
+draining, oldest first, until the spill is empty. A lane is what a sink keeps in order and
+fails as a whole: a file or one Redis server is one lane, so everything queues behind the
+spill; on a Redis Cluster each stream is a lane, so a node that is down holds back only its
+streams' records, in a spill file per lane, while the other nodes' keep flowing. Either way
+the sink sees each lane's records in submission order. Whatever cannot be kept (queue full,
+spill full, no spill) is dropped, counted and logged once per burst.
+
+Delivery is at-least-once: a pipeline that fails after the server applied part of it is
+retried whole, and those records are stored twice (`mlgate audit export` keeps one row per
+request id).
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from service.audit.record import AuditRecord, EncodedRecord, nbytes_estimate
 from service.audit.sinks.base import Sink
-from service.audit.spill import Spill
+from service.audit.spill import SUFFIX, Spill
 from service.metrics import AUDIT_LAG, AUDIT_QUEUE_BYTES, AUDIT_RECORDS
 
 log = logging.getLogger(__name__)
@@ -87,7 +95,15 @@ class AuditLog:
         self._max_queue_bytes = max_queue_bytes
         self._max_record_bytes = max_record_bytes or max_queue_bytes // 8
         self._batch_records = batch_records
-        self._spill = None if spill_path is None else Spill(spill_path, max_spill_bytes)
+        self._spill_path = spill_path
+        self._max_spill_bytes = max_spill_bytes
+        # A spill per lane, made when a lane first spills. Lane "" is the main file, the only
+        # one of a one-lane sink, which adopts what dead processes left (of any lane).
+        self._spills: dict[str, Spill] = {}
+        if spill_path is not None:
+            self._spills[""] = Spill(spill_path, max_spill_bytes)
+        # Per lane, the request time of its oldest spilled record, for the lag gauge.
+        self._heads: dict[str, int] = {}
         self._min_retry_s = self._retry_s = retry_s
         self._max_retry_s = max_retry_s
         self._queue: deque[EncodedRecord] = deque()
@@ -103,7 +119,6 @@ class AuditLog:
         self._closed = False
         self._sink_down = False
         self._retry_at = 0.0
-        self._spill_head_ms: int | None = None
         self._refused = _Burst("queue")
         self._lost = _Burst("writer")
 
@@ -147,10 +162,10 @@ class AuditLog:
         self._wake.set()
 
     async def start(self) -> None:
-        if self._spill is not None:
-            await self._in_io(self._spill.open)
-            if self._spill.pending:
-                log.info("audit: %d spilled bytes to drain first", self._spill.size)
+        if (main := self._spills.get("")) is not None:
+            await self._in_io(main.open)
+            if main.pending:
+                log.info("audit: %d spilled bytes to drain first", main.size)
         self._task = asyncio.create_task(self._run(), name="audit-writer")
         self._task.add_done_callback(_report_crash)
 
@@ -182,8 +197,8 @@ class AuditLog:
             await self._to_spill(leftover)
         self._inflight = []
         self._bytes = 0
-        if self._spill is not None:
-            await self._in_io(self._spill.close)
+        for spill in self._spills.values():
+            await self._in_io(spill.close)
         self._io.shutdown(wait=False)
         await self._sink.close()
         self._lost.end()
@@ -192,13 +207,13 @@ class AuditLog:
     async def _run(self) -> None:
         while True:
             batch = self._take()
-            if self._spill_pending():
-                if batch:
-                    await self._to_spill(batch)
-                if time.monotonic() >= self._retry_at:
-                    await self._drain_chunk()
-            elif batch:
-                await self._write(batch)
+            held, direct = self._split(batch)
+            if held:
+                await self._to_spill(held)
+            if direct:
+                await self._write(direct)
+            if self._spill_pending() and time.monotonic() >= self._retry_at:
+                await self._drain_chunk()
             self._release(batch)
             self._publish()
             if self._queue or (self._spill_pending() and not self._sink_down):
@@ -211,6 +226,17 @@ class AuditLog:
         n = min(self._batch_records, len(self._queue))
         self._inflight = [self._queue.popleft() for _ in range(n)]
         return self._inflight
+
+    def _split(self, batch: list[EncodedRecord]) -> tuple[list[EncodedRecord], list[EncodedRecord]]:
+        """The records that must queue behind their lane's spill, and those the sink may take."""
+        behind = {lane for lane, spill in self._spills.items() if spill.pending}
+        if not behind:
+            return [], batch
+        held: list[EncodedRecord] = []
+        direct: list[EncodedRecord] = []
+        for e in batch:
+            (held if self._sink.lane(e) in behind else direct).append(e)
+        return held, direct
 
     def _release(self, batch: list[EncodedRecord]) -> None:
         self._bytes -= sum(len(e.payload) for e in batch) + ENTRY_OVERHEAD * len(batch)
@@ -229,58 +255,112 @@ class AuditLog:
 
     async def _write(self, batch: list[EncodedRecord]) -> None:
         try:
-            await self._sink.write(batch)
+            failed = await self._sink.write(batch)
         except Exception as exc:  # whatever the sink raises, the batch must not be lost
-            self._sink_failed(exc)
+            self._sink_failed(repr(exc))
             await self._to_spill(batch)
-        else:
-            self._count("written", len(batch))
+            return
+        self._count("written", len(batch) - len(failed))
+        if failed:
+            self._sink_failed(self._lanes_failed(failed))
+            await self._to_spill(failed)
+        elif not self._spill_pending():
             self._sink_ok()
 
     async def _to_spill(self, batch: list[EncodedRecord]) -> None:
-        if self._spill is None:
+        if self._spill_path is None:
             self._lose(len(batch), "the sink failed and there is no spill file")
             return
-        was_pending = self._spill.pending
+        for lane, records in self._by_lane(batch).items():
+            self._count("spilled", await self._spill_lane(lane, records))
+
+    async def _spill_lane(self, lane: str, records: list[EncodedRecord]) -> int:
+        """Append the lane's records to its spill; how many it took, the rest dropped."""
         try:
-            n = await self._in_io(self._spill.append, [e.payload for e in batch])
-            reason = f"spill file full ({self._spill.max_bytes} bytes)"
-        except OSError as exc:
-            n, reason = 0, f"spill file not writable: {exc}"
-        if n:
-            self._count("spilled", n)
-            if not was_pending:
-                self._spill_head_ms = batch[0].ts_ms
-        if n < len(batch):
-            self._lose(len(batch) - n, reason)
+            spill = await self._lane_spill(lane)
+            was_pending = spill.pending
+            others = sum(s.size for s in self._spills.values()) - spill.size
+            n = await self._in_io(spill.append, [e.payload for e in records], others)
+            reason = f"spill files full ({self._max_spill_bytes} bytes)"
+        except (OSError, RuntimeError) as exc:
+            n, was_pending, reason = 0, True, f"spill file not writable: {exc}"
+        if n and not was_pending:
+            self._heads[lane] = records[0].ts_ms
+        if n < len(records):
+            self._lose(len(records) - n, reason)
+        return n
+
+    async def _lane_spill(self, lane: str) -> Spill:
+        spill = self._spills.get(lane)
+        if spill is None:
+            assert self._spill_path is not None
+            name = f"{self._spill_path.stem}-{len(self._spills)}{SUFFIX}"
+            spill = Spill(self._spill_path.with_name(name), self._max_spill_bytes)
+            # Adopting is the main file's job, done once at start.
+            await self._in_io(partial(spill.open, adopt=False))
+            self._spills[lane] = spill
+        return spill
 
     async def _drain_chunk(self) -> None:
-        assert self._spill is not None
-        frames, offset = await self._in_io(self._spill.read, self._batch_records)
+        """Write the oldest chunk of every lane's spill, in one sink write."""
+        chunks: list[tuple[str, Spill, int, list[EncodedRecord]]] = []
+        for lane, spill in list(self._spills.items()):
+            if spill.pending:
+                frames, offset = await self._in_io(spill.read, self._batch_records)
+                entries = self._decode(frames)
+                if entries:
+                    self._heads[lane] = entries[0].ts_ms
+                chunks.append((lane, spill, offset, entries))
+        batch = [e for *_, entries in chunks for e in entries]
+        try:
+            failed = await self._sink.write(batch) if batch else []
+        except Exception as exc:  # the sink is still down: keep everything, retry later
+            self._sink_failed(repr(exc))
+            return
+        not_stored = {id(e) for e in failed}
+        stuck: list[EncodedRecord] = []
+        for lane, spill, offset, entries in chunks:
+            kept = [e for e in entries if id(e) in not_stored]
+            if any(self._sink.lane(e) == lane for e in kept):
+                # Retried whole: what the lane's node did store of it comes twice.
+                stuck += kept
+                continue
+            # Records of other lanes in the main file (adopted from a dead process) that
+            # failed move to their own lane's spill, so they hold up only that lane.
+            for other, records in self._by_lane(kept).items():
+                await self._spill_lane(other, records)
+            await self._in_io(spill.consume, offset)
+            self._count("drained", len(entries) - len(kept))
+            if not spill.pending:
+                self._heads.pop(lane, None)
+                log.info("audit spill file %s drained", spill.path.name)
+        if stuck:
+            self._sink_failed(self._lanes_failed(stuck))
+        else:
+            self._sink_ok()
+
+    def _decode(self, frames: list[bytes]) -> list[EncodedRecord]:
         entries: list[EncodedRecord] = []
         for payload in frames:
             try:
                 entries.append(EncodedRecord.from_payload(payload))
             except (ValueError, KeyError, TypeError):
                 self._lose(1, "unreadable record in the spill file")
-        if entries:
-            self._spill_head_ms = entries[0].ts_ms
-            try:
-                await self._sink.write(entries)
-            except Exception as exc:  # the sink is still down: keep everything, retry later
-                self._sink_failed(exc)
-                return
-        await self._in_io(self._spill.consume, offset)
-        self._count("drained", len(entries))
-        self._sink_ok()
-        if not self._spill.pending:
-            self._spill_head_ms = None
-            log.info("audit spill file drained")
+        return entries
 
-    def _sink_failed(self, exc: Exception) -> None:
+    def _by_lane(self, records: list[EncodedRecord]) -> dict[str, list[EncodedRecord]]:
+        lanes: dict[str, list[EncodedRecord]] = {}
+        for e in records:
+            lanes.setdefault(self._sink.lane(e), []).append(e)
+        return lanes
+
+    def _lanes_failed(self, failed: list[EncodedRecord]) -> str:
+        return f"not stored: {len(failed)} records of {', '.join(sorted(self._by_lane(failed)))}"
+
+    def _sink_failed(self, cause: str) -> None:
         if not self._sink_down:
-            where = self._spill.path if self._spill else "nowhere (no spill file)"
-            log.warning("audit sink failed (%r); spilling to %s", exc, where)
+            where = self._spill_path.parent if self._spill_path else "nowhere (no spill file)"
+            log.warning("audit sink failed (%s); spilling to %s", cause, where)
         self._sink_down = True
         self._retry_at = time.monotonic() + self._retry_s
         self._retry_s = min(self._retry_s * 2, self._max_retry_s)
@@ -293,7 +373,7 @@ class AuditLog:
         self._lost.end()
 
     def _spill_pending(self) -> bool:
-        return self._spill is not None and self._spill.pending
+        return any(spill.pending for spill in self._spills.values())
 
     def _refuse(self, reason: str) -> None:
         self._count("dropped", 1)
@@ -317,15 +397,18 @@ class AuditLog:
         AUDIT_LAG.set(self._lag_s())
 
     def _lag_s(self) -> float:
-        if self._spill_head_ms is not None and self._spill_pending():
-            oldest = self._spill_head_ms
-        elif self._inflight:
-            oldest = self._inflight[0].ts_ms
-        elif self._queue:
-            oldest = self._queue[0].ts_ms
-        else:
+        oldest = [
+            self._heads[lane]
+            for lane, s in self._spills.items()
+            if s.pending and lane in self._heads
+        ]
+        if self._inflight:
+            oldest.append(self._inflight[0].ts_ms)
+        if self._queue:
+            oldest.append(self._queue[0].ts_ms)
+        if not oldest:
             return 0.0
-        return max(0.0, time.time() - oldest / 1000)
+        return max(0.0, time.time() - min(oldest) / 1000)
 
     async def _in_io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)

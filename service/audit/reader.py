@@ -1,28 +1,32 @@
 """Reading the audit log back: `tail` (follow, filter) and `export` (to Parquet).
 
 Both take the URL the gateway writes to. On Redis, tail filters on the small index fields of
-each entry and decodes only what matches; export goes through a consumer group. On a file
-sink, both read the rotated files oldest first.
+each entry and decodes only what matches; export goes through a consumer group. A model
+sharded over several streams (a Redis Cluster, or `?shards=N`: service.audit.streams) is read
+from every shard, merged by stream id (milliseconds, then sequence: the order of time across
+nodes, as far as their clocks agree). On a file sink, both read the rotated files oldest first.
 
-Export semantics (Redis): the group is a cursor over the model's stream. A run claims what
-dead consumers left pending (XAUTOCLAIM, idle over `min_idle_ms`), re-reads its own pending
-entries, then reads every new entry; it writes the rows whose ts_ms lies in
-[since_ms, until_ms) once per request_id, renames the file into place and only then XACKs
-every entry it read, in the window or not. So a second run with the same group exports 0
-rows; a run that dies before the rename leaves its entries pending for the next run
-(at-least-once); use a new group to export history again.
+Export semantics (Redis): the group is a cursor over each of the model's streams, so a run
+resumes every shard where the last one stopped. A run claims what dead consumers left
+pending (XAUTOCLAIM, idle over `min_idle_ms`), re-reads its own pending entries, then reads
+every new entry; it writes the rows whose ts_ms lies in [since_ms, until_ms) once per
+request_id, renames the file into place and only then XACKs every entry it read, in the
+window or not. So a second run with the same group exports 0 rows; a run that dies before the
+rename leaves its entries pending for the next run (at-least-once); use a new group to export
+history again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -32,11 +36,14 @@ from redis.exceptions import ResponseError
 from service.audit.framing import iter_file, read_frames
 from service.audit.record import AuditRecord, decode_record
 from service.audit.sinks.file import sink_files
-from service.audit.sinks.redis_stream import RECORD_FIELD, connect, split_retention, stream_key
+from service.audit.sinks.redis_stream import RECORD_FIELD, connect
+from service.audit.streams import parse
 
 _CHUNK = 512
 _FOLLOW_POLL_S = 0.2
 _RECORD = RECORD_FIELD.encode()
+
+T = TypeVar("T")
 
 SCHEMA = pa.schema(
     [
@@ -111,94 +118,158 @@ async def tail(
 Fields = dict[bytes, bytes]
 # A pending entry trimmed from the stream since it was read comes back without fields.
 Entry = tuple[bytes, Fields | None]
+# An entry of one of a model's streams: the stream's key, the entry.
+KeyedEntry = tuple[str, bytes, Fields | None]
 
 
-class _Stream:
-    """One model's audit stream; redis-py's loose reply types are narrowed here, once."""
+class _Streams:
+    """A model's audit streams (one, or its shards); redis-py's loose reply types are
+    narrowed here, once."""
 
     def __init__(self, url: str, model: str) -> None:
-        self.client = connect(split_retention(url)[0])
-        self.key = stream_key(model)
+        target = parse(url)
+        self.client = connect(target)
+        self.cluster = target.cluster
+        self.keys = target.keys(model)
 
-    async def range(self, after: str, count: int) -> list[tuple[bytes, Fields]]:
+    async def range(self, key: str, after: str, count: int) -> list[tuple[bytes, Fields]]:
         start = "-" if after == "0-0" else f"({after}"
-        reply = await self.client.xrange(self.key, start, "+", count)
+        reply = await self.client.xrange(key, start, "+", count)
         return cast(list[tuple[bytes, Fields]], reply)
 
-    async def revrange(self, before: str, count: int) -> list[tuple[bytes, Fields]]:
+    async def revrange(self, key: str, before: str, count: int) -> list[tuple[bytes, Fields]]:
         end = "+" if before == "+" else f"({before}"
-        reply = await self.client.xrevrange(self.key, end, "-", count)
+        reply = await self.client.xrevrange(key, end, "-", count)
         return cast(list[tuple[bytes, Fields]], reply)
 
-    async def read(self, after: str, count: int, block_ms: int) -> list[tuple[bytes, Fields]]:
-        # A RESP2 reply: [[key, entries]], or nil on timeout.
-        reply = await self.client.xread({self.key: after}, count=count, block=block_ms)
-        return cast(list[tuple[bytes, Fields]], cast(list[Any], reply)[0][1]) if reply else []
+    async def read(self, after: dict[str, str], count: int) -> list[tuple[str, bytes, Fields]]:
+        """The entries after `after[key]` of every stream, in id order; waits up to a second
+        for the first (one blocking XREAD on one server; a cluster refuses XREAD across
+        slots, so there each stream is read without blocking, then a short sleep)."""
+        if self.cluster:
+            replies = await asyncio.gather(
+                *(self.client.xread({key: after[key]}, count=count) for key in self.keys)
+            )
+            found = [_entries(reply) for reply in replies]
+        else:
+            # BLOCK is under the client's socket timeout, so a quiet stream is no error.
+            streams: dict[Any, Any] = dict(after)
+            found = [_entries(await self.client.xread(streams, count=count, block=1000))]
+        entries = sorted((e for part in found for e in part), key=lambda e: _id(e[1]))
+        if self.cluster and not entries:
+            await asyncio.sleep(_FOLLOW_POLL_S)
+        return entries
 
-    async def create_group(self, group: str) -> None:
+    async def create_group(self, key: str, group: str) -> None:
         try:
-            await self.client.xgroup_create(self.key, group, id="0", mkstream=True)
+            await self.client.xgroup_create(key, group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def claim(self, group: str, consumer: str, min_idle_ms: int, cursor: str) -> str:
+    async def claim(
+        self, key: str, group: str, consumer: str, min_idle_ms: int, cursor: str
+    ) -> str:
         """Move idle pending entries of other consumers to `consumer`; the next cursor."""
         # Not JUSTID: redis-py then drops the cursor. The entries are read again anyway.
         reply = await self.client.xautoclaim(
-            self.key, group, consumer, min_idle_ms, start_id=cursor, count=_CHUNK
+            key, group, consumer, min_idle_ms, start_id=cursor, count=_CHUNK
         )
         return cast(bytes, reply[0]).decode()
 
-    async def read_group(self, group: str, consumer: str, cursor: str) -> list[Entry]:
-        reply = await self.client.xreadgroup(group, consumer, {self.key: cursor}, count=_CHUNK)
+    async def read_group(self, key: str, group: str, consumer: str, cursor: str) -> list[Entry]:
+        reply = await self.client.xreadgroup(group, consumer, {key: cursor}, count=_CHUNK)
         return cast(list[Entry], cast(list[Any], reply)[0][1]) if reply else []
 
-    async def ack(self, group: str, ids: list[bytes]) -> None:
+    async def ack(self, key: str, group: str, ids: list[bytes]) -> None:
         for i in range(0, len(ids), 1000):
-            await self.client.xack(self.key, group, *ids[i : i + 1000])
+            await self.client.xack(key, group, *ids[i : i + 1000])
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
+def _entries(reply: Any) -> list[tuple[str, bytes, Fields]]:
+    """XREAD's RESP2 reply, [[key, entries], ...] or nil, flattened."""
+    return [
+        (key.decode(), entry_id, fields)
+        for key, entries in cast(list[tuple[bytes, list[tuple[bytes, Fields]]]], reply or [])
+        for entry_id, fields in entries
+    ]
+
+
+async def _merge(
+    sources: list[AsyncIterator[T]], key: Callable[[T], tuple[int, int]]
+) -> AsyncIterator[T]:
+    """The items of sources each in `key` order, merged into one `key` order."""
+    heads: list[tuple[tuple[int, int], int, T]] = []
+    for i, source in enumerate(sources):
+        if (item := await anext(source, None)) is not None:
+            heapq.heappush(heads, (key(item), i, item))
+    while heads:
+        _, i, item = heapq.heappop(heads)
+        yield item
+        if (after := await anext(sources[i], None)) is not None:
+            heapq.heappush(heads, (key(after), i, after))
+
+
+def _entry_id(entry: tuple[str, bytes, Any]) -> tuple[int, int]:
+    return _id(entry[1])
+
+
 async def _tail_stream(
     url: str, where: Filter, follow: bool, last: int | None
 ) -> AsyncIterator[AuditRecord]:
-    stream = _Stream(url, where.model)
+    streams = _Streams(url, where.model)
     try:
-        newest = "0-0"
+        newest = dict.fromkeys(streams.keys, "0-0")
         if last is None:
-            while entries := await stream.range(newest, _CHUNK):
-                newest = entries[-1][0].decode()
-                for _, fields in entries:
-                    if where.index_matches(fields):
-                        yield decode_record(fields[_RECORD])
+            async for key, entry_id, fields in _merge(
+                [_ranged(streams, key) for key in streams.keys], _entry_id
+            ):
+                newest[key] = entry_id.decode()
+                if where.index_matches(fields):
+                    yield decode_record(fields[_RECORD])
         else:
-            history, newest = await _last_matching(stream, where, last)
+            history, newest = await _last_matching(streams, where, last)
             for fields in history:
                 yield decode_record(fields[_RECORD])
         while follow:
-            # BLOCK is under the client's socket timeout, so a quiet stream is no error.
-            for entry_id, fields in await stream.read(newest, _CHUNK, block_ms=1000):
-                newest = entry_id.decode()
+            for key, entry_id, fields in await streams.read(newest, _CHUNK):
+                newest[key] = entry_id.decode()
                 if where.index_matches(fields):
                     yield decode_record(fields[_RECORD])
     finally:
-        await stream.close()
+        await streams.close()
 
 
-async def _last_matching(stream: _Stream, where: Filter, last: int) -> tuple[list[Fields], str]:
-    """The last `last` matching entries, oldest first, and the id of the newest entry."""
-    found: list[Fields] = []
-    newest = "0-0"
-    before = "+"
-    while len(found) < last and (entries := await stream.revrange(before, _CHUNK)):
-        if newest == "0-0":
-            newest = entries[0][0].decode()
-        before = entries[-1][0].decode()
-        found.extend(f for _, f in entries if where.index_matches(f))
-    return found[:last][::-1], newest
+async def _ranged(streams: _Streams, key: str) -> AsyncIterator[tuple[str, bytes, Fields]]:
+    after = "0-0"
+    while entries := await streams.range(key, after, _CHUNK):
+        after = entries[-1][0].decode()
+        for entry_id, fields in entries:
+            yield key, entry_id, fields
+
+
+async def _last_matching(
+    streams: _Streams, where: Filter, last: int
+) -> tuple[list[Fields], dict[str, str]]:
+    """The last `last` matching entries of all the streams, oldest first, and the id of each
+    stream's newest entry."""
+    found: list[tuple[str, bytes, Fields]] = []
+    newest: dict[str, str] = {}
+    for key in streams.keys:
+        newest[key] = "0-0"
+        before = "+"
+        mine: list[tuple[str, bytes, Fields]] = []
+        while len(mine) < last and (entries := await streams.revrange(key, before, _CHUNK)):
+            if before == "+":
+                newest[key] = entries[0][0].decode()
+            before = entries[-1][0].decode()
+            mine.extend((key, i, f) for i, f in entries if where.index_matches(f))
+        found.extend(mine[:last])
+    found.sort(key=_entry_id)
+    return [f for _, _, f in (found[-last:] if last else [])], newest
 
 
 async def _tail_file(
@@ -426,43 +497,58 @@ async def _export_stream(
     consumer: str,
     min_idle_ms: int,
 ) -> int:
-    stream = _Stream(url, model)
+    streams = _Streams(url, model)
     try:
-        await stream.create_group(group)
-        cursor = "0-0"
-        while (cursor := await stream.claim(group, consumer, min_idle_ms, cursor)) != "0-0":
-            pass
-        newest = await stream.revrange("+", 1)
-        end = _id(newest[0][0]) if newest else (0, 0)
+        sources = [
+            await _group_entries(streams, key, group, consumer, min_idle_ms) for key in streams.keys
+        ]
         rows = _ParquetRows(to)
-        read: list[bytes] = []
+        read: dict[str, list[bytes]] = {key: [] for key in streams.keys}
         try:
-            # Our own pending entries first (a run that died, or the ones just claimed), then
-            # the new ones up to what the stream held when we started: a busy gateway must
-            # not keep the export running.
-            for start, stop in (("0", None), (">", end)):
-                async for entry_id, fields in _read_group(stream, group, consumer, start, stop):
-                    read.append(entry_id)
-                    if fields and int(fields[b"ts_ms"]) in window:
-                        payload = fields[_RECORD]
-                        rows.add(entry_id.decode(), decode_record(payload), payload)
+            async for key, entry_id, fields in _merge(sources, _entry_id):
+                read[key].append(entry_id)
+                if fields and int(fields[b"ts_ms"]) in window:
+                    payload = fields[_RECORD]
+                    rows.add(entry_id.decode(), decode_record(payload), payload)
         except BaseException:
             rows.abort()
             raise
         rows.close()
-        await stream.ack(group, read)
+        for key, ids in read.items():
+            await streams.ack(key, group, ids)
         return rows.written
     finally:
-        await stream.close()
+        await streams.close()
+
+
+async def _group_entries(
+    streams: _Streams, key: str, group: str, consumer: str, min_idle_ms: int
+) -> AsyncIterator[KeyedEntry]:
+    """The entries of one stream an export run reads, in id order: our own pending entries
+    first (a run that died, or the ones just claimed), then the new ones up to what the
+    stream held when we started: a busy gateway must not keep the export running."""
+    await streams.create_group(key, group)
+    cursor = "0-0"
+    while (cursor := await streams.claim(key, group, consumer, min_idle_ms, cursor)) != "0-0":
+        pass
+    newest = await streams.revrange(key, "+", 1)
+    end = _id(newest[0][0]) if newest else (0, 0)
+
+    async def entries() -> AsyncIterator[KeyedEntry]:
+        for start, stop in (("0", None), (">", end)):
+            async for entry_id, fields in _read_group(streams, key, group, consumer, start, stop):
+                yield key, entry_id, fields
+
+    return entries()
 
 
 async def _read_group(
-    stream: _Stream, group: str, consumer: str, start: str, end: tuple[int, int] | None
+    streams: _Streams, key: str, group: str, consumer: str, start: str, end: tuple[int, int] | None
 ) -> AsyncIterator[Entry]:
     """XREADGROUP from `start` ("0": our pending list, ">": new entries) to the end, or
     to the first batch that reaches the entry `end`."""
     cursor = start
-    while entries := await stream.read_group(group, consumer, cursor):
+    while entries := await streams.read_group(key, group, consumer, cursor):
         for entry in entries:
             yield entry
         if end is not None and _id(entries[-1][0]) >= end:

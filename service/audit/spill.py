@@ -1,10 +1,11 @@
-"""The local file that holds audit records while the sink is down, until they are drained back.
+"""The local files that hold audit records while the sink is down, until they are drained back.
 
-One spill file per process (`<spill_dir>/<pid>.spill`), held under an exclusive flock so two
-gateway workers never share one. On open, a process adopts every other `*.spill` file in the
-directory that no live process holds: the records of a worker that died before its sink came
-back are drained too, not orphaned. Every method blocks; AuditLog runs them on one thread, in
-order.
+One main spill file per process (`<spill_dir>/<pid>.spill`), and one more per lane of a sink
+that fails by lanes (`<pid>-<n>.spill`, a Redis Cluster's streams), each held under an
+exclusive flock so two gateway workers never share one. On open, the main file adopts every
+other `*.spill` file in the directory that no live process holds: the records of a worker
+that died before its sink came back are drained too, not orphaned. Every method blocks;
+AuditLog runs them on one thread, in order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def spill_file(spill_dir: Path) -> Path:
 
 
 class Spill:
-    """An append-only frame file with a read offset; bounded by `max_bytes` on disk."""
+    """An append-only frame file with a read offset; bounded by `max_bytes` on disk, shared
+    with the process's other spill files."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
@@ -40,7 +42,7 @@ class Spill:
     def size(self) -> int:
         return self._size
 
-    def open(self) -> None:
+    def open(self, *, adopt: bool = True) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -50,13 +52,15 @@ class Spill:
             raise RuntimeError(f"spill file {self.path} is held by another process") from None
         self._fd = fd
         os.ftruncate(fd, valid_length(fd))
-        self._adopt_orphans()
+        if adopt:
+            self._adopt_orphans()
         self._size = os.fstat(fd).st_size
         self._read = 0
 
-    def append(self, payloads: list[bytes]) -> int:
-        """Append the longest prefix of `payloads` that fits; returns how many were written."""
-        room = self.max_bytes - self._size
+    def append(self, payloads: list[bytes], others: int = 0) -> int:
+        """Append the longest prefix of `payloads` that fits beside the `others` bytes the
+        process's other spill files hold; returns how many were written."""
+        room = self.max_bytes - others - self._size
         n, need = 0, 0
         for p in payloads:
             if need + LENGTH.size + len(p) > room:

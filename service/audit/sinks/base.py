@@ -9,7 +9,12 @@ from service.audit.record import EncodedRecord
 
 
 class Sink(Protocol):
-    async def write(self, batch: Sequence[EncodedRecord]) -> None:
-        """Store the whole batch, or raise; a raise sends the whole batch to the spill."""
+    def lane(self, e: EncodedRecord) -> str:
+        """The lane of a record: a sink keeps each lane's records in order, and fails a lane
+        as a whole. One lane (\"\") for a file or one server; a stream each on a cluster."""
+
+    async def write(self, batch: Sequence[EncodedRecord]) -> list[EncodedRecord]:
+        """Store the batch; the records of the lanes that failed, or [] when all are stored.
+        A raise fails the whole batch. Either way, what failed goes to the spill."""
 
     async def close(self) -> None: ...

@@ -42,9 +42,13 @@ class FileSink:
         # One thread: appends stay in order and never stall the event loop on a slow disk.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-file")
 
-    async def write(self, batch: Sequence[EncodedRecord]) -> None:
+    def lane(self, e: EncodedRecord) -> str:
+        return ""
+
+    async def write(self, batch: Sequence[EncodedRecord]) -> list[EncodedRecord]:
         data = frame(e.payload for e in batch)
         await asyncio.get_running_loop().run_in_executor(self._io, self._append, data)
+        return []
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._io, self._close)

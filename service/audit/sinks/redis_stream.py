@@ -1,4 +1,4 @@
-"""Redis Streams sink: one stream per model, one pipelined XADD per record of a batch."""
+"""Redis Streams sink on one server: one pipelined XADD per record of a batch."""
 
 from __future__ import annotations
 
@@ -6,117 +6,68 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from hiredis import pack_command
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.audit.record import EncodedRecord
+from service.audit.streams import DEFAULT_MAXLEN, Target, parse
 
 RECORD_FIELD = "record"
-DEFAULT_MAXLEN = 1_000_000
+# A trimming argument of XADD: ("MAXLEN", "~", n), ("MINID", "~", id) or none.
+Trim = tuple[str | int, ...]
 
 
-def stream_key(model: str) -> str:
-    return f"audit:{model}"
-
-
-def split_retention(url: str) -> tuple[str, int | None, float | None]:
-    """The URL without `maxlen` and `minid_age_s` (redis-py would refuse them), and their values.
-
-    `maxlen` defaults to 1,000,000 and `maxlen=0` turns count trimming off.
-    """
-    parts = urlsplit(url)
-    maxlen: int | None = DEFAULT_MAXLEN
-    minid_age_s: float | None = None
-    kept: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query):
-        if key == "maxlen":
-            maxlen = int(value) or None
-        elif key == "minid_age_s":
-            minid_age_s = float(value)
-        else:
-            kept.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), maxlen, minid_age_s
-
-
-def connect(url: str, *, timeout_s: float | None = 5.0) -> Redis:
+def connect(target: Target, *, timeout_s: float | None = 5.0) -> Redis | RedisCluster:
+    """A client of the target's server or cluster."""
     # No client retries: a retried pipeline would add its records twice, and the audit queue
     # has its own recovery (spill, then drain in order).
+    connect_s = min(timeout_s or 1.0, 1.0)
+    if target.cluster:
+        # Its own retries follow MOVED and ASK for the readers; the cluster sink takes only
+        # the slot map from it and sends its pipelines itself.
+        return RedisCluster.from_url(
+            target.url, socket_connect_timeout=connect_s, socket_timeout=timeout_s
+        )
     return Redis.from_url(
-        url,
-        socket_connect_timeout=min(timeout_s or 1.0, 1.0),
+        target.url,
+        socket_connect_timeout=connect_s,
         socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
 
 
-class RedisStreamSink:
-    """XADD to `audit:<model>` with `MAXLEN ~ maxlen`, or `MINID ~ now - minid_age_s` if set.
-
-    Each entry carries the encoded record in `record` and, beside it, the small fields that
-    `tail` and `export` filter on without decoding: request_id, version, route, flags
-    (comma-joined) and ts_ms. Streams store the field names of like entries once.
-
-    A batch is one non-transactional pipeline: every XADD sent in one write, the replies read
-    back under one timeout. It is packed with hiredis rather than through redis-py's
-    pipeline, whose pure-Python packing of 18 arguments per XADD cost ~3x the event-loop time
-    per record (measured: ~60 vs ~20 µs).
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        maxlen: int | None = DEFAULT_MAXLEN,
-        minid_age_s: float | None = None,
-        timeout_s: float = 5.0,
-    ) -> None:
-        self.maxlen = maxlen
-        self.minid_age_s = minid_age_s
-        self.timeout_s = timeout_s
-        # The whole batch runs under one deadline, so no per-read socket timeout.
-        self._redis = connect(url, timeout_s=None)
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisStreamSink:
-        clean, maxlen, minid_age_s = split_retention(url)
-        return cls(clean, maxlen=maxlen, minid_age_s=minid_age_s)
-
-    async def write(self, batch: Sequence[EncodedRecord]) -> None:
-        trim = self._trim()
-        packed = b"".join([_xadd(e, trim) for e in batch])
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # untyped upstream
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await conn.send_packed_command(packed, check_health=False)
-                for _ in batch:
-                    await conn.read_response(timeout=math.inf)
-        except BaseException:
-            # Replies may be left unread: the connection must not serve anyone again.
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
-
-    async def close(self) -> None:
-        await self._redis.aclose()
-
-    def _trim(self) -> tuple[str | int, ...]:
-        if self.minid_age_s is not None:
-            return ("MINID", "~", int(time.time() * 1000 - self.minid_age_s * 1000))
-        if self.maxlen is not None:
-            return ("MAXLEN", "~", self.maxlen)
-        return ()
+def trim(maxlen: int | None, minid_age_s: float | None) -> Trim:
+    if minid_age_s is not None:
+        return ("MINID", "~", int(time.time() * 1000 - minid_age_s * 1000))
+    if maxlen is not None:
+        return ("MAXLEN", "~", maxlen)
+    return ()
 
 
-def _xadd(e: EncodedRecord, trim: tuple[str | int, ...]) -> bytes:
+async def send(conn: AbstractConnection, packed: bytes, replies: int, timeout_s: float) -> None:
+    """Send packed commands and read their replies, all under one deadline.
+
+    An error reply raises after the commands before it were applied: a retry of the whole
+    batch then adds those twice (at-least-once)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await conn.send_packed_command(packed, check_health=False)
+            for _ in range(replies):
+                await conn.read_response(timeout=math.inf)
+    except BaseException:
+        # Replies may be left unread: the connection must not serve anyone again.
+        await conn.disconnect()
+        raise
+
+
+def xadd(e: EncodedRecord, key: str, trim: Trim) -> bytes:
     args = (
         "XADD",
-        stream_key(e.model),
+        key,
         *trim,
         "*",
         "request_id",
@@ -135,3 +86,60 @@ def _xadd(e: EncodedRecord, trim: tuple[str | int, ...]) -> bytes:
     # hiredis's stub declares a one-element tuple; any length is accepted.
     packed: bytes = pack_command(args)  # type: ignore[arg-type]
     return packed
+
+
+class RedisStreamSink:
+    """XADD to `audit:<model>` (or its shard with `shards`) with `MAXLEN ~ maxlen`, or
+    `MINID ~ now - minid_age_s` if set.
+
+    Each entry carries the encoded record in `record` and, beside it, the small fields that
+    `tail` and `export` filter on without decoding: request_id, version, route, flags
+    (comma-joined) and ts_ms. Streams store the field names of like entries once.
+
+    A batch is one non-transactional pipeline: every XADD sent in one write, the replies read
+    back under one timeout. It is packed with hiredis rather than through redis-py's
+    pipeline, whose pure-Python packing of 18 arguments per XADD cost ~3x the event-loop time
+    per record (measured: ~60 vs ~20 µs). One server fails or succeeds as a whole: one lane.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        maxlen: int | None = DEFAULT_MAXLEN,
+        minid_age_s: float | None = None,
+        shards: int | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.target = Target(
+            url=parse(url).url, cluster=False, shards=shards, maxlen=maxlen, minid_age_s=minid_age_s
+        )
+        self.minid_age_s = minid_age_s
+        self.timeout_s = timeout_s
+        # The whole batch runs under one deadline, so no per-read socket timeout.
+        client = connect(self.target, timeout_s=None)
+        assert isinstance(client, Redis)
+        self._redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStreamSink:
+        t = parse(url)
+        return cls(t.url, maxlen=t.maxlen, minid_age_s=t.minid_age_s, shards=t.shards)
+
+    def lane(self, e: EncodedRecord) -> str:
+        return ""
+
+    async def write(self, batch: Sequence[EncodedRecord]) -> list[EncodedRecord]:
+        t = self.target
+        how = trim(t.maxlen, t.minid_age_s)
+        packed = b"".join([xadd(e, t.key_for(e.model, e.request_id), how) for e in batch])
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # untyped upstream
+        try:
+            await send(conn, packed, len(batch), self.timeout_s)
+        finally:
+            await pool.release(conn)
+        return []
+
+    async def close(self) -> None:
+        await self._redis.aclose()
