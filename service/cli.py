@@ -176,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="US",
         help="one fixed batching delay for every model, adaptive off (default: config.yaml's)",
     )
-    serve.add_argument("--audit", help="file://PATH, redis://host:port/db or none")
+    serve.add_argument(
+        "--audit",
+        help="file://PATH, redis://host:port/db, redis+cluster://host:port/0[?shards=N] or none",
+    )
     serve.add_argument("--audit-spill-dir", type=Path)
     serve.add_argument(
         "--policy-store",

@@ -29,10 +29,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from feature_store.redis_cluster_store import SCHEMES as CLUSTER_SCHEMES
+from feature_store.redis_cluster_store import client_url
+
 DEFAULT_MAXLEN = 1_000_000
 DEFAULT_CLUSTER_SHARDS = 8
 MAX_SHARDS = 1024
-_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +59,8 @@ class Target:
 
 def parse(url: str) -> Target:
     """The target of a `redis://`, `rediss://`, `unix://` or `redis+cluster://` audit URL."""
-    parts = urlsplit(url)
-    cluster = parts.scheme in _CLUSTER_SCHEMES
-    if cluster:
-        if parts.path not in ("", "/", "/0"):
-            raise ValueError(f"audit URL {url!r}: a Redis Cluster has only db 0")
-        parts = parts._replace(scheme=_CLUSTER_SCHEMES[parts.scheme], path="/0")
+    cluster = urlsplit(url).scheme in CLUSTER_SCHEMES
+    parts = urlsplit(client_url(url) if cluster else url)
     maxlen: int | None = DEFAULT_MAXLEN
     minid_age_s: float | None = None
     shards: int | None = DEFAULT_CLUSTER_SHARDS if cluster else None
