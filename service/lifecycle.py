@@ -41,7 +41,12 @@ from service.routing.config import (
     now_ms,
     read_routing_file,
 )
-from service.routing.policy_store import Doc, PolicyStore, open_policy_store
+from service.routing.policy_store import (
+    Doc,
+    PolicyStore,
+    PolicyStoreUnavailable,
+    open_policy_store,
+)
 from service.routing.rollout import (
     WINDOW_BUCKETS,
     Breach,
@@ -60,6 +65,8 @@ changes_log = logging.getLogger("mlgate.changes")
 
 # How often counts go to the store and canaries are judged.
 ROLLOUT_TICK_S = 0.25
+# How often a process that started without its policy store tries to join it.
+JOIN_RETRY_S = 1.0
 
 Stamp = tuple[int, int]  # (mtime_ns, size) of a file
 Scan = dict[str, dict[str, Stamp]]  # model -> {version or config.yaml: stamp}
@@ -98,24 +105,50 @@ class Lifecycle:
             raise ConfigError(f"{settings.routing}: no model {', '.join(unknown)} to route")
         store = open_policy_store(settings.shared_policy_store or "memory://")
         lifecycle = cls(pipeline, repository, store, settings.watch_models_s)
+        initial: dict[str, ModelPolicy] = {}
         for model in pipeline.registry.models:
             loaded = pipeline.registry.loaded(model)
-            initial = pipeline.router.policy(model)
+            initial[model] = pipeline.router.policy(model)
             section = overrides.get(model)
             if section is not None:
-                initial = initial_policy(section, section.stable or initial.stable, loaded)
-                missing = initial.routing.versions() - set(loaded)
+                initial[model] = initial_policy(
+                    section, section.stable or initial[model].stable, loaded
+                )
+                missing = initial[model].routing.versions() - set(loaded)
                 if missing:
                     raise ConfigError(
                         f"{settings.routing}: {model}: version {', '.join(sorted(missing))} "
                         f"is not a version; available: {', '.join(loaded)}"
                     )
-            await lifecycle._seed(model, initial, "start")
-        await store.start(lifecycle._heard)
-        lifecycle._tasks.append(asyncio.create_task(lifecycle._rollout()))
+        try:
+            await lifecycle._join(initial)
+        except PolicyStoreUnavailable:
+            # Serve by config.yaml's policies meanwhile; the fleet's policy wins once it answers.
+            log.warning("the policy store is unavailable: serving each model's configured policy")
+            for model, policy in initial.items():
+                pipeline.router.set(model, policy)
+            lifecycle._tasks.append(asyncio.create_task(lifecycle._join_later(initial)))
         if settings.watch_models_s > 0:
             lifecycle._tasks.append(asyncio.create_task(lifecycle._watch()))
         return lifecycle
+
+    async def _join(self, initial: dict[str, ModelPolicy]) -> None:
+        """Take up the shared policy of every model (seeding it from `initial`), then listen for
+        changes and judge rollouts."""
+        for model, policy in initial.items():
+            await self._seed(model, policy, "start")
+        await self.store.start(self._heard)
+        self._tasks.append(asyncio.create_task(self._rollout()))
+
+    async def _join_later(self, initial: dict[str, ModelPolicy]) -> None:
+        while True:
+            await asyncio.sleep(JOIN_RETRY_S)
+            try:
+                await self._join(initial)
+            except PolicyStoreUnavailable:
+                continue
+            log.info("joined the shared policy store")
+            return
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -401,6 +434,7 @@ class Lifecycle:
     # ---- guarded rollout -----------------------------------------------------------
 
     async def _rollout(self) -> None:
+        failing = False  # one log line per run of failed rounds, not four a second
         while True:
             await asyncio.sleep(ROLLOUT_TICK_S)
             try:
@@ -410,7 +444,13 @@ class Lifecycle:
                     if found is not None:
                         await self._roll_back(model, policy, found)
             except Exception:
-                log.exception("guarded rollout: this round failed")
+                if not failing:
+                    log.exception("guarded rollout: rounds fail until the policy store answers")
+                failing = True
+            else:
+                if failing:
+                    log.info("guarded rollout: rounds succeed again")
+                failing = False
 
     async def _ship_counts(self) -> None:
         pending = self.router.tally.take()

@@ -35,6 +35,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, WatchError
 
 from feature_store.redis_cluster_store import client_url
+from service.protocol.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ _REDIS_PREFIX = "{mlgate:routing}:"
 _REDIS_CHANNEL = "mlgate:routing:changes"
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 _REDIS_TIMEOUTS: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+
+
+class PolicyStoreUnavailable(Unavailable):
+    """The shared store cannot be reached: a change cannot be made now (503)."""
 
 
 class PolicyStore(ABC):
@@ -315,7 +320,10 @@ class RedisPolicyStore(PolicyStore):
         return f"{_REDIS_PREFIX}policy:{model}"
 
     async def start(self, on_change: OnChange) -> None:
-        self._subscription = await self._subscribe()
+        try:
+            self._subscription = await self._subscribe()
+        except (RedisError, OSError) as exc:
+            log.warning("policy store: no change channel yet (%s); retrying", exc)
         self._listener = asyncio.create_task(self._listen(on_change))
 
     async def _subscribe(self) -> _Subscription:
@@ -383,23 +391,14 @@ class RedisPolicyStore(PolicyStore):
         return None if raw is None else dict(json.loads(raw))
 
     async def update(self, model: str, change: Change) -> Doc | None:
-        key = self._key(model)
-        async with self._client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    current = None if raw is None else dict(json.loads(raw))
-                    new = change(current)
-                    if new is None:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]
-                        return current
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, json.dumps(new, separators=(",", ":")))
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue  # another process changed it between our read and write
+        try:
+            new, changed = await self._update(model, change)
+        except (RedisError, OSError) as exc:
+            # The details name internal hosts: they go to the log.
+            log.warning("policy store: %s", exc)
+            raise PolicyStoreUnavailable("the policy store is unavailable; retry later") from None
+        if not changed:
+            return new
         # Announced after the transaction: a cluster's MULTI holds the commands of one slot, and
         # a channel has none.
         try:
@@ -412,6 +411,26 @@ class RedisPolicyStore(PolicyStore):
                 exc,
             )
         return new
+
+    async def _update(self, model: str, change: Change) -> tuple[Doc | None, bool]:
+        """The document as stored now, and whether `change` changed it."""
+        key = self._key(model)
+        async with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    current = None if raw is None else dict(json.loads(raw))
+                    new = change(current)
+                    if new is None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return current, False
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, json.dumps(new, separators=(",", ":")))
+                    await pipe.execute()
+                    return new, True
+                except WatchError:
+                    continue  # another process changed it between our read and write
 
     async def add_counts(self, counts: Mapping[str, Mapping[str, float]], ttl_s: float) -> None:
         pipe = self._client.pipeline(transaction=False)

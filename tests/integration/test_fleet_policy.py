@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from service.routing.router import VERSION_HEADER, bucket
-from tests.conftest import GatewayProcess, start_gateway
-from tests.integration.routing_support import TOKEN, add_model, admin, nan_model, predict
+from tests.conftest import GatewayProcess, free_port, start_gateway, start_redis
+from tests.integration.routing_support import TOKEN, add_model, admin, nan_model, post, predict
 
 MODEL = "fleet"
 # Version 3 answers NaN: every answer of it is flagged, a breach once judged.
@@ -36,14 +36,12 @@ def fleet(
     request: pytest.FixtureRequest, root: Path, tmp_path: Path
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     """Two gateways on their own ports, as two replicas behind a Service."""
+    # No --policy-store: the default must be the feature store's Redis, one node or a cluster.
     if request.param == "redis":
-        # No --policy-store: the default must be the feature store's Redis.
-        store_args: tuple[str, ...] = ("--feature-store", request.getfixturevalue("redis_url"))
+        url: str = request.getfixturevalue("redis_url")
     else:
-        # The feature store stays in memory here; the policy store is the cluster.
-        cluster_url = request.getfixturevalue("cluster").url
-        store_args = ("--feature-store", "memory://", "--policy-store", cluster_url)
-    args = ("--models", str(root), *store_args)
+        url = request.getfixturevalue("cluster").url
+    args = ("--models", str(root), "--feature-store", url)
     env = {"MLGATE_ADMIN_TOKEN": TOKEN}
     a = start_gateway(tmp_path, *args, env=env)
     try:
@@ -58,6 +56,14 @@ def fleet(
 
 def served_version(gw: GatewayProcess, entity: str) -> str:
     r = predict(gw, MODEL, entity)
+    assert r.status_code == 200, r.text
+    return r.headers[VERSION_HEADER]
+
+
+def infer_version(gw: GatewayProcess) -> str:
+    """The version that answers a V2 request with the features in it (no store needed)."""
+    tensor = {"name": "features", "datatype": "FP32", "shape": [1, 32], "data": [0.0] * 32}
+    r = post(f"{gw.url}/v2/models/{MODEL}/infer", {"inputs": [tensor]})
     assert r.status_code == 200, r.text
     return r.headers[VERSION_HEADER]
 
@@ -119,3 +125,31 @@ def test_a_rollback_decided_on_both_gateways_traffic_holds_on_both(
     assert docs[0]["policy"]["revision"] == docs[1]["policy"]["revision"]
     for gw in (a, b):
         assert {served_version(gw, e) for e in canary} == {"2"}
+
+
+def test_a_gateway_started_without_its_redis_serves_its_config_then_joins_the_fleet(
+    root: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    args = ("--models", str(root), "--feature-store", f"redis://127.0.0.1:{port}/0")
+    env = {"MLGATE_ADMIN_TOKEN": TOKEN}
+    late = start_gateway(tmp_path, *args, env=env)  # nothing listens on `port` yet
+    try:
+        assert infer_version(late) == "2"  # config.yaml's stable version
+        redis = start_redis(port)
+        try:
+            other = start_gateway(tmp_path, *args, env=env)
+            try:
+                r = admin(other, "PATCH", f"models/{MODEL}/routing", {"stable": "1"})
+                assert r.status_code == 200, r.text
+                deadline = time.monotonic() + 10
+                while infer_version(late) != "1":
+                    assert time.monotonic() < deadline, "never joined the shared policy"
+                    time.sleep(0.1)
+                assert policy(late)["policy"]["revision"] == policy(other)["policy"]["revision"]
+            finally:
+                other.stop()
+        finally:
+            redis.stop()
+    finally:
+        late.stop()
