@@ -25,10 +25,11 @@ triton-venv: $(TRITON_STAMP)
 demo: $(STAMP)
 	$(BIN)/mlgate serve
 
+# redis-cli (redis-tools) forms the tests' Redis Cluster.
 redis-server:
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
-	  else echo "redis-server is missing: run 'sudo apt-get install redis-server' and retry"; exit 1; fi; }
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	  else echo "redis-server or redis-cli is missing: run 'sudo apt-get install redis-server redis-tools' and retry"; exit 1; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
