@@ -135,6 +135,9 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # mlgate exports Prometheus metrics (service/metrics.py). FastAPI's native OpenTelemetry
+        # would look up three global providers on every request to learn it is unconfigured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     limit = settings.max_body_bytes
 
