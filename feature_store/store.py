@@ -72,6 +72,33 @@ def epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Event times a write accepts: from 2000-01-01 to a day past now (clocks drift; a row stamped
+# later than that is a unit mistake, seconds or microseconds for milliseconds). A read counts
+# a row stamped later than a day ahead of its clock as stale: it cannot be trusted as fresh.
+EARLIEST_EVENT_TIME_MS = 946_684_800_000
+MAX_AHEAD_MS = 86_400_000
+
+
+class EventTimeOutOfRange(ValueError):
+    """A write's event time lies outside the plausible window."""
+
+
+def check_event_times(event_time_ms: int | npt.NDArray[np.integer[Any]], now_ms: int) -> None:
+    """Raise EventTimeOutOfRange unless every event time lies in the window at `now_ms`."""
+    times = np.asarray(event_time_ms)
+    if times.size == 0:
+        return
+    # Compared as Python ints: an int past int64 (from JSON) is out of range, not an overflow.
+    low, high = int(times.min()), int(times.max())
+    latest = now_ms + MAX_AHEAD_MS
+    if low < EARLIEST_EVENT_TIME_MS or high > latest:
+        bad = low if low < EARLIEST_EVENT_TIME_MS else high
+        raise EventTimeOutOfRange(
+            f"event_time_ms {bad} is outside the window {EARLIEST_EVENT_TIME_MS} "
+            f"(2000-01-01) .. {latest} (a day from now), in milliseconds since the epoch"
+        )
+
+
 def display_url(url: str) -> str:
     """`url` without its password (in the user part or as `?password=`), fit for messages and
     logs."""
@@ -187,7 +214,10 @@ class OnlineStore(ABC):
             )
         if not entity_ids:
             return
-        blobs = encode_rows(view, array, epoch_ms() if event_time_ms is None else event_time_ms)
+        now = epoch_ms()
+        if event_time_ms is not None:
+            check_event_times(event_time_ms, now)
+        blobs = encode_rows(view, array, now if event_time_ms is None else event_time_ms)
         keys = [row_key(view, entity_id) for entity_id in entity_ids]
         await self._store(list(zip(keys, blobs, strict=True)))
 
@@ -333,7 +363,9 @@ def _status(
     else:
         status = np.where(present, Status.FRESH, Status.MISSING).astype(np.uint8)
     if view.ttl_s is not None:
-        stale = now - event_time_ms > view.ttl_s * 1000.0
+        # In float64: an int64 difference with a row stamped near ±2**63 would wrap into "fresh".
+        age_ms = np.subtract(now, event_time_ms, dtype=np.float64)
+        stale = (age_ms > view.ttl_s * 1000.0) | (age_ms < -MAX_AHEAD_MS)
         if not all_present:
             stale &= present
         if view.on_stale == "default":

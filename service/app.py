@@ -23,6 +23,7 @@ from service.pipeline.request import RequestContext
 from service.protocol import json_codec
 from service.protocol.bodies import FeaturePushBody, PredictBody
 from service.protocol.errors import GatewayError, InvalidInput, PayloadTooLarge
+from service.protocol.limits import Limits, header_count, header_milliseconds
 from service.routing.router import VERSION_HEADER
 from service.settings import Settings
 from service.validation import describe
@@ -53,7 +54,7 @@ def error_response(exc: GatewayError) -> Response:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 past `limit` bytes without reading it all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and header_count("Content-Length", declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
@@ -69,13 +70,7 @@ def header_deadline(request: Request) -> float | None:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return None
-    try:
-        ms = float(raw)
-    except ValueError:
-        ms = -1.0
-    if not ms > 0:
-        raise InvalidInput(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
-    return time.monotonic() + ms / 1000
+    return time.monotonic() + header_milliseconds(TIMEOUT_HEADER, raw) / 1000
 
 
 async def unless_disconnected(request: Request, ctx: RequestContext, work: Awaitable[T]) -> T:
@@ -140,6 +135,7 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     limit = settings.max_body_bytes
+    limits = Limits.of(settings)
 
     def pipeline(request: Request) -> Pipeline:
         found: Pipeline = request.app.state.pipeline
@@ -180,9 +176,8 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
         model, version = path_model_version(request)
         body = await read_body(request, limit)
         header = request.headers.get(json_codec.HEADER_LENGTH)
-        if header is not None and not header.isdigit():
-            raise InvalidInput(f"{json_codec.HEADER_LENGTH} must be a byte count")
-        decoded = json_codec.decode_infer_request(body, None if header is None else int(header))
+        header_length = None if header is None else header_count(json_codec.HEADER_LENGTH, header)
+        decoded = json_codec.decode_infer_request(body, header_length, limits)
         ctx = RequestContext(
             "infer",
             model,
@@ -190,6 +185,7 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
             request_id=decoded.id or "",
             deadline=header_deadline(request),
             outputs=decoded.outputs,
+            limits=limits,
         )
         result = await unless_disconnected(request, ctx, pipeline(request).infer(ctx, decoded))
         payload, json_size = json_codec.encode_infer_response(
@@ -207,12 +203,17 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
     async def predict(request: Request) -> Response:
         model, version = path_model_version(request)
         body = PredictBody.of(json_codec.loads(await read_body(request, limit)))
+        # The id goes back out in a response header: only a checked one may.
+        request_id = limits.request_id(body.request_id, "'request_id'") or limits.request_id(
+            request.headers.get("x-request-id"), "x-request-id"
+        )
         ctx = RequestContext(
             "predict",
             model,
             version or request.headers.get(VERSION_HEADER),
-            request_id=body.request_id or request.headers.get("x-request-id") or "",
+            request_id=request_id,
             deadline=header_deadline(request),
+            limits=limits,
         )
         work = pipeline(request).predict(ctx, body.entities, body.features, body.parameters)
         result = await unless_disconnected(request, ctx, work)

@@ -27,6 +27,9 @@ SERVE_FLAGS = (
     "demo_entities",
     "log_level",
     "max_body_bytes",
+    "max_entities",
+    "max_tensor_elements",
+    "max_request_id_length",
     "inference_threads",
     "audit",
     "batching",
@@ -163,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo-entities", type=int, help="entities seeded into memory://")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--max-body-bytes", type=int)
+    serve.add_argument("--max-entities", type=int, help="entity ids per request (default 4096)")
+    serve.add_argument(
+        "--max-tensor-elements", type=int, help="tensor elements per request (default 16Mi)"
+    )
+    serve.add_argument(
+        "--max-request-id-length", type=int, help="characters in a request id (default 128)"
+    )
     serve.add_argument("--inference-threads", type=int)
     serve.add_argument("--batching", choices=["on", "off"], help="dynamic batching (default on)")
     serve.add_argument(

@@ -30,6 +30,7 @@ from service.protocol.grpc_codec import (
     grpc_status,
     stream_error,
 )
+from service.protocol.limits import DEFAULT_LIMITS, Limits
 from service.protocol.v2 import InferRequest
 from service.repository.config import PLATFORMS, ModelConfig, TensorSpec
 from service.settings import Settings
@@ -73,8 +74,9 @@ def client_deadline(context: ServicerContext) -> float | None:
 class InferenceServicer:
     """inference.GRPCInferenceService: health, metadata, config and inference."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, limits: Limits = DEFAULT_LIMITS) -> None:
         self.pipeline = pipeline
+        self.limits = limits
 
     @unary
     async def ServerLive(self, request: Message, context: ServicerContext) -> Message:
@@ -106,8 +108,9 @@ class InferenceServicer:
 
     @unary
     async def ModelInfer(self, request: Message, context: ServicerContext) -> Message:
-        decoded = decode_infer_request(request, client_deadline(context))
-        result = await self.pipeline.infer(context_of("grpc_infer", request, decoded), decoded)
+        decoded = decode_infer_request(request, client_deadline(context), self.limits)
+        ctx = context_of("grpc_infer", request, decoded, self.limits)
+        result = await self.pipeline.infer(ctx, decoded)
         return encode_infer_response(result, raw=decoded.binary_all_outputs)
 
     async def ModelStreamInfer(
@@ -140,17 +143,23 @@ class InferenceServicer:
                     pending.cancel()
 
     async def _stream_answer(self, request: Message, deadline: float | None) -> Message:
+        decoded = None
         try:
-            decoded = decode_infer_request(request, deadline)
-            result = await self.pipeline.infer(context_of("grpc_stream", request, decoded), decoded)
+            decoded = decode_infer_request(request, deadline, self.limits)
+            ctx = context_of("grpc_stream", request, decoded, self.limits)
+            result = await self.pipeline.infer(ctx, decoded)
         except Exception as exc:
-            return stream_error(grpc_status(exc)[1], request.id)
+            # A refused id is not echoed: the client pairs answers by their order anyway.
+            echoed = decoded.id if decoded is not None else None
+            return stream_error(grpc_status(exc)[1], echoed or "")
         return service_pb2.ModelStreamInferResponse(
             infer_response=encode_infer_response(result, raw=decoded.binary_all_outputs)
         )
 
 
-def context_of(endpoint: str, request: Message, decoded: InferRequest) -> RequestContext:
+def context_of(
+    endpoint: str, request: Message, decoded: InferRequest, limits: Limits
+) -> RequestContext:
     return RequestContext(
         endpoint,
         request.model_name,
@@ -158,6 +167,7 @@ def context_of(endpoint: str, request: Message, decoded: InferRequest) -> Reques
         request_id=decoded.id or "",
         deadline=decoded.deadline,
         outputs=decoded.outputs,
+        limits=limits,
     )
 
 
@@ -220,7 +230,7 @@ class GrpcFront:
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(pipeline), self._server
+            InferenceServicer(pipeline, Limits.of(settings)), self._server
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

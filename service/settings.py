@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     demo_entities: int = Field(default=10_000, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     max_body_bytes: int = Field(default=16 << 20, ge=1024)
+    # Per request, refused (413 / RESOURCE_EXHAUSTED) before any feature is read: entity ids,
+    # and tensor elements over all inputs.
+    max_entities: int = Field(default=4096, ge=1)
+    max_tensor_elements: int = Field(default=16 << 20, ge=1)
+    # Longest request id (body `request_id`, `x-request-id`, V2 `id`); longer ones get a 400.
+    max_request_id_length: int = Field(default=128, ge=1, le=4096)
     # Largest gRPC message received or sent; a bigger one is refused with RESOURCE_EXHAUSTED.
     grpc_max_message_bytes: int = Field(default=16 << 20, ge=1024)
     # Dynamic batching for models whose config.yaml has a dynamic_batching section;

@@ -109,7 +109,7 @@ class Pipeline:
             served = self.route.resolve(ctx, self.route.entity_key(ctx.model, request.inputs))
             labels.update(model=served.model, version=served.version)
             wanted = validate.requested_outputs(served, ctx.outputs)
-            inputs, entity_ids = validate.split_inputs(served, request.inputs)
+            inputs, entity_ids = validate.split_inputs(served, request.inputs, ctx.limits)
             prediction = await self._run(served, ctx, inputs, entity_ids, None)
             return InferResponse(
                 model_name=served.model,
@@ -131,7 +131,7 @@ class Pipeline:
         with self.record.observed(ctx.endpoint) as labels:
             ctx.version = explicit_version(ctx.version, None, parameters)
             ctx.schedule(parameters)
-            ids = validate.entity_list(entity_ids)
+            ids = validate.entity_list(entity_ids, ctx.limits)
             served = self.route.resolve(ctx, ids[0])
             labels.update(model=served.model, version=served.version)
             validate.check_entities(served, ids)

@@ -12,6 +12,7 @@ import numpy as np
 
 from feature_store.store import Status, ViewRows
 from service.protocol.errors import InvalidInput
+from service.protocol.limits import DEFAULT_LIMITS, Limits
 from service.routing.router import Decision
 
 
@@ -34,6 +35,8 @@ class RequestContext:
     priority: int | None = None
     # Outputs the client asked for; None: every output.
     outputs: list[str] | None = None
+    # The front's limits: the pipeline checks the entity count against them before any read.
+    limits: Limits = DEFAULT_LIMITS
     decision: Decision | None = None
     # Called once when the request enters a batcher's queue (a front may then watch for its
     # client going away: a queued request can still be withdrawn).

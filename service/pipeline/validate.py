@@ -13,6 +13,7 @@ import numpy as np
 from service.pipeline.served import Served
 from service.protocol.datatypes import v2_datatype
 from service.protocol.errors import InvalidInput
+from service.protocol.limits import Limits
 from service.repository.config import InputSpec
 
 
@@ -29,7 +30,7 @@ def requested_outputs(served: Served, requested: list[str] | None) -> list[str]:
 
 
 def split_inputs(
-    served: Served, given: dict[str, np.ndarray]
+    served: Served, given: dict[str, np.ndarray], limits: Limits
 ) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """Check names, datatypes, shapes and values; split off entity ids."""
     plan = served.plan
@@ -38,6 +39,7 @@ def split_inputs(
     batch: int | None = None
     for name, arr in given.items():
         if plan is not None and name == plan.entity:
+            limits.entities(arr.size)
             entity_ids = decode_entity_ids(name, arr)
             rows = len(entity_ids)
         else:
@@ -67,8 +69,9 @@ def split_inputs(
     return inputs, entity_ids
 
 
-def entity_list(entity_ids: Sequence[object]) -> list[str]:
-    """The entity-keyed API's ids: a non-empty list of non-empty strings."""
+def entity_list(entity_ids: Sequence[object], limits: Limits) -> list[str]:
+    """The entity-keyed API's ids: a non-empty list of non-empty strings, within the limit."""
+    limits.entities(len(entity_ids))
     if not entity_ids or not all(isinstance(e, str) and e for e in entity_ids):
         raise InvalidInput("'entities' must be a non-empty list of non-empty strings")
     return list(entity_ids)  # type: ignore[arg-type]
@@ -121,7 +124,10 @@ def decode_entity_ids(name: str, arr: np.ndarray) -> list[str]:
         raise InvalidInput(
             f"input '{name}': entity ids must be a BYTES tensor of shape [n] or [n, 1]"
         )
-    ids = [x.decode() if isinstance(x, bytes) else x for x in arr.reshape(-1)]
+    try:
+        ids = [x.decode() if isinstance(x, bytes) else x for x in arr.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input '{name}': entity ids must be valid UTF-8") from None
     if not ids or not all(ids):
         raise InvalidInput(f"input '{name}': entity ids must be non-empty")
     return ids

@@ -24,6 +24,7 @@ from tritonclient.grpc import service_pb2
 from service.protocol.datatypes import numpy_dtype, v2_datatype
 from service.protocol.errors import GatewayError, InvalidInput
 from service.protocol.json_codec import tensor_bytes, tensor_from_bytes
+from service.protocol.limits import DEFAULT_LIMITS, Limits
 from service.protocol.v2 import InferRequest, InferResponse, Parameters
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,16 @@ _CONTENTS: dict[str, tuple[str, np.dtype[Any]]] = {
 # ---- requests ---------------------------------------------------------------------------
 
 
-def decode_infer_request(msg: Message, deadline: float | None = None) -> InferRequest:
+def decode_infer_request(
+    msg: Message, deadline: float | None = None, limits: Limits = DEFAULT_LIMITS
+) -> InferRequest:
     """A ModelInferRequest as an InferRequest; `deadline` is the client's, on time.monotonic()."""
     tensors = msg.inputs
     if not tensors:
         raise InvalidInput("request must have at least one input")
+    request_id = limits.request_id(msg.id, "'id'")
+    # Counted from the shapes, before any tensor is built.
+    limits.tensor_elements(sum(prod(tensor.shape) for tensor in tensors))
     raw = msg.raw_input_contents
     if raw and len(raw) != len(tensors):
         raise InvalidInput(
@@ -82,7 +88,7 @@ def decode_infer_request(msg: Message, deadline: float | None = None) -> InferRe
             inputs[name] = tensor_from_contents(name, tensor.datatype, shape, tensor.contents)
     return InferRequest(
         inputs=inputs,
-        id=msg.id or None,
+        id=request_id or None,
         parameters=decode_parameters(msg.parameters),
         outputs=[out.name for out in msg.outputs] or None,
         binary_all_outputs=bool(raw),

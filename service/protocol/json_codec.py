@@ -17,6 +17,7 @@ import orjson
 
 from service.protocol.datatypes import numpy_dtype, v2_datatype
 from service.protocol.errors import InvalidInput
+from service.protocol.limits import DEFAULT_LIMITS, Limits
 from service.protocol.v2 import InferRequest, InferResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -30,7 +31,9 @@ def loads(body: bytes) -> Any:
         raise InvalidInput(f"malformed JSON: {exc}") from None
 
 
-def decode_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
+def decode_infer_request(
+    body: bytes, header_length: int | None = None, limits: Limits = DEFAULT_LIMITS
+) -> InferRequest:
     """Decode a V2 infer body; `header_length` is the binary extension's JSON size."""
     if header_length is None:
         doc, binary = loads(body), memoryview(b"")
@@ -45,6 +48,8 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("request must have a non-empty 'inputs' list")
+    request_id = limits.request_id(doc.get("id"), "'id'")
+    elements = 0
 
     inputs: dict[str, np.ndarray] = {}
     offset = 0
@@ -57,6 +62,9 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears twice")
         shape = _shape(name, raw.get("shape"))
+        # Counted from the shapes, before any tensor is built.
+        elements += prod(shape)
+        limits.tensor_elements(elements)
         datatype = raw.get("datatype")
         if not isinstance(datatype, str):
             raise InvalidInput(f"input '{name}' needs a 'datatype'")
@@ -81,10 +89,9 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Infer
     parameters = doc.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
-    request_id = doc.get("id")
     return InferRequest(
         inputs=inputs,
-        id=None if request_id is None else str(request_id),
+        id=request_id or None,
         parameters=parameters,
         outputs=outputs,
         binary_outputs=binary_outputs,

@@ -22,7 +22,7 @@ from feature_store.errors import (
 )
 from feature_store.open import open_store
 from feature_store.redis_store import RedisStore
-from feature_store.store import OnlineStore, Status
+from feature_store.store import EARLIEST_EVENT_TIME_MS, OnlineStore, Status
 from feature_store.views import FeatureView
 from loadtests.processes import free_port
 from tests.conftest import RedisServer, start_redis
@@ -123,7 +123,7 @@ async def test_stale_row_of_an_on_stale_default_view_serves_defaults(store: Onli
 
 async def test_view_without_ttl_never_goes_stale(store: OnlineStore) -> None:
     view = make_view(ttl_s=None)
-    await store.write(view, ["u1"], np.array([[1, 2]]), 0)
+    await store.write(view, ["u1"], np.array([[1, 2]]), EARLIEST_EVENT_TIME_MS)
     [rows] = await store.read([view], ["u1"], now_ms=NOW)
     assert rows.status.tolist() == [Status.FRESH]
 
