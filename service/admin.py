@@ -11,17 +11,15 @@
 Bodies are checked whole: a key a route does not take is named as unknown in the 400, so a
 misspelt field is never mistaken for an absent one.
 
-Every call carries `Authorization: Bearer <token>`. Tokens come from MLGATE_ADMIN_TOKEN (named
-"admin") or --admin-token-file (a line per token: `name:token`, or a bare token named by its
-line). A missing or malformed header is 401, a wrong token 403, neither saying more. Each
-change is logged with who made it (token name and client address) and the policy before and
-after, and kept in the model's history.
+Every call carries `Authorization: Bearer <token>` with a token of the `admin` scope (see
+service/tokens.py for where tokens come from and their scopes). A missing or malformed header
+is 401, a wrong token or one without the scope 403, neither saying more. The routes stay out of
+the anonymous /openapi.json. Each change is logged with who made it (token name and client
+address) and the policy before and after, and kept in the model's history.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
@@ -32,6 +30,7 @@ from service.lifecycle import Lifecycle
 from service.protocol import json_codec
 from service.protocol.errors import InvalidInput
 from service.settings import Settings
+from service.tokens import ADMIN, Tokens
 from service.validation import describe
 from service.versions import VersionName, check_version
 
@@ -63,74 +62,21 @@ class NoBody(BaseModel):
 B = TypeVar("B", bound=BaseModel)
 
 
-class Unauthenticated(Exception):
-    """No bearer token, or not one."""
-
-
-class Forbidden(Exception):
-    """A bearer token that is none of the configured ones."""
-
-
-def load_tokens(settings: Settings) -> list[tuple[str, bytes]]:
-    """(name, sha256 of the token) of every token allowed."""
-    tokens: list[tuple[str, str]] = []
-    if settings.admin_token:
-        tokens.append(("admin", settings.admin_token))
-    if settings.admin_token_file is not None:
-        lines = settings.admin_token_file.read_text().splitlines()
-        for number, line in enumerate(lines, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, sep, token = line.partition(":")
-            tokens.append((name.strip(), token.strip()) if sep else (f"line{number}", line))
-    return [(name, _digest(token)) for name, token in tokens if token]
-
-
-def _digest(token: str) -> bytes:
-    # Equal-length digests: compare_digest then takes the same time whatever the guess.
-    return hashlib.sha256(token.encode()).digest()
-
-
 def install_admin(app: FastAPI, settings: Settings) -> None:
-    """Mount the admin routes and their 401/403 answers on `app`."""
-    tokens = load_tokens(settings)
-
-    @app.exception_handler(Unauthenticated)
-    async def _unauthenticated(request: Request, exc: Unauthenticated) -> Response:
-        return Response(
-            b'{"error":"unauthorized"}',
-            401,
-            media_type=JSON,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden) -> Response:
-        return Response(b'{"error":"forbidden"}', 403, media_type=JSON)
-
-    app.include_router(admin_router(tokens))
+    """Mount the admin routes on `app` (the HTTP front answers 401/403 for them)."""
+    app.include_router(admin_router(Tokens.load(settings)))
 
 
-def caller(request: Request, tokens: list[tuple[str, bytes]]) -> str:
-    """Who is calling, `name@address`; Unauthenticated or Forbidden otherwise."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated()
-    given = _digest(token.strip())
-    found = None
-    # Every token is compared, so the time taken says nothing about which one matched.
-    for name, digest in tokens:
-        if hmac.compare_digest(given, digest):
-            found = name
-    if found is None:
-        raise Forbidden()
+def caller(request: Request, tokens: Tokens) -> str:
+    """Who is calling, `name@address`, if their token has the admin scope; Unauthenticated
+    or Forbidden otherwise."""
+    found = tokens.check(request.headers.get("authorization"), ADMIN)
     client = request.client.host if request.client is not None else "unknown"
     return f"{found}@{client}"
 
 
-def admin_router(tokens: list[tuple[str, bytes]]) -> APIRouter:
-    router = APIRouter(prefix="/admin")
+def admin_router(tokens: Tokens) -> APIRouter:
+    router = APIRouter(prefix="/admin", include_in_schema=False)
 
     def lifecycle(request: Request) -> Lifecycle:
         found: Lifecycle = request.app.state.lifecycle

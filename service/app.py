@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from service import __version__
 from service.metrics_export import render_metrics
+from service.openapi import openapi_with_inference_paths
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.request import RequestContext
 from service.protocol import json_codec
@@ -26,6 +27,7 @@ from service.protocol.errors import GatewayError, InvalidInput, PayloadTooLarge
 from service.protocol.limits import Limits, header_count, header_milliseconds
 from service.routing.router import VERSION_HEADER
 from service.settings import Settings
+from service.tokens import FEATURES_WRITE, INFERENCE, Forbidden, Tokens, Unauthenticated
 from service.validation import describe
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,27 @@ async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any]) ->
 
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def requiring_inference_token(endpoint: Endpoint, tokens: Tokens, required: bool) -> Endpoint:
+    """`endpoint`, asking first for a token of the inference scope when `required`; when not,
+    `endpoint` itself, so open inference pays nothing per request."""
+    if not required:
+        return endpoint
+
+    async def checked(request: Request) -> Response:
+        tokens.check(request.headers.get("authorization"), INFERENCE)
+        return await endpoint(request)
+
+    return checked
+
+
+def authorize_push(request: Request, tokens: Tokens) -> None:
+    """Feature writes need the features:write scope once any token is configured; with none
+    at all the push stays open, as the store-less demo needs."""
+    if tokens.configured:
+        tokens.check(request.headers.get("authorization"), FEATURES_WRITE)
 
 
 def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
@@ -136,6 +159,8 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
     )
     limit = settings.max_body_bytes
     limits = Limits.of(settings)
+    tokens = Tokens.load(settings)
+    app.openapi = openapi_with_inference_paths(app)  # type: ignore[method-assign]
 
     def pipeline(request: Request) -> Pipeline:
         found: Pipeline = request.app.state.pipeline
@@ -156,6 +181,14 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return json_response({"error": f"invalid request: {describe(exc)}"}, 400)
 
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(request: Request, exc: Unauthenticated) -> Response:
+        return json_response({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        return json_response({"error": "forbidden"}, 403)
+
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, exc: ClientGone) -> Response:
         # 499 in nginx's sense; nobody reads it.
@@ -169,7 +202,7 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
     # ---- inference -----------------------------------------------------------------
     # Plain Starlette routes: FastAPI would solve dependencies and validate two string path
     # parameters on every request, about a tenth of the event loop's time under load. Their
-    # exceptions still reach the handlers above; they are left out of /openapi.json. First
+    # exceptions still reach the handlers above; service/openapi.py documents them. First
     # in the table (no other route's path overlaps theirs), they are matched soonest.
 
     async def infer(request: Request) -> Response:
@@ -229,10 +262,13 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
             headers={"x-request-id": result.request_id, VERSION_HEADER: result.version},
         )
 
+    def inference(endpoint: Endpoint) -> Endpoint:
+        return requiring_inference_token(endpoint, tokens, settings.require_inference_token)
+
     for path in ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"):
-        app.add_route(path, infer, methods=["POST"])
+        app.add_route(path, inference(infer), methods=["POST"])
     for path in ("/v1/models/{model}:predict", "/v1/models/{model}/versions/{version}:predict"):
-        app.add_route(path, predict, methods=["POST"])
+        app.add_route(path, inference(predict), methods=["POST"])
 
     # ---- health, metadata and metrics ----------------------------------------------
 
@@ -268,6 +304,7 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
 
     @app.post("/v1/features/{view_name}")
     async def push_features(request: Request, view_name: str) -> Response:
+        authorize_push(request, tokens)
         features = pipeline(request).features
         view = features.view(view_name)
         body = FeaturePushBody.of(json_codec.loads(await read_body(request, limit)))

@@ -39,6 +39,7 @@ SERVE_FLAGS = (
     "policy_store",
     "routing",
     "admin_token_file",
+    "require_inference_token",
     "watch_models_s",
     "shadow_queue_size",
     "shadow_concurrency",
@@ -201,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--admin-token-file", type=Path, help="admin API tokens (else MLGATE_ADMIN_TOKEN)"
+    )
+    serve.add_argument(
+        "--require-inference-token",
+        action="store_const",
+        const=True,
+        help="inference (HTTP and gRPC) asks for a token of the inference scope (default off)",
     )
     serve.add_argument(
         "--watch-models",

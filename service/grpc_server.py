@@ -34,6 +34,7 @@ from service.protocol.limits import DEFAULT_LIMITS, Limits
 from service.protocol.v2 import InferRequest
 from service.repository.config import PLATFORMS, ModelConfig, TensorSpec
 from service.settings import Settings
+from service.tokens import INFERENCE, Forbidden, Tokens, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,43 @@ def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "data_type": data_type, "dims": spec.dims}
 
 
+class InferenceTokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """ModelInfer and ModelStreamInfer ask for `authorization: Bearer <token>` metadata with
+    the inference scope (--require-inference-token); other calls pass untouched."""
+
+    METHODS = frozenset(f"/{SERVICE_NAME}/{name}" for name in ("ModelInfer", "ModelStreamInfer"))
+
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method not in self.METHODS:
+            return await continuation(details)
+        header = next(
+            (str(v) for k, v in details.invocation_metadata or () if k == "authorization"), None
+        )
+        try:
+            self._tokens.check(header, INFERENCE)
+        except Unauthenticated:
+            return _refusal(details.method, grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
+        except Forbidden:
+            return _refusal(details.method, grpc.StatusCode.PERMISSION_DENIED, "forbidden")
+        return await continuation(details)
+
+
+def _refusal(method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def refuse(request: Any, context: ServicerContext) -> None:
+        await context.abort(code, message)
+
+    if method.endswith("/ModelStreamInfer"):
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
 class GrpcFront:
     """The grpc.aio server: inference, health and reflection services on one port."""
 
@@ -221,13 +259,17 @@ class GrpcFront:
         assert settings.grpc_port is not None
         limit = settings.grpc_max_message_bytes
         self._pipeline = pipeline
+        interceptors = []
+        if settings.require_inference_token:
+            interceptors.append(InferenceTokenCheck(Tokens.load(settings)))
         self._server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 # `--workers N` processes all bind this port; the kernel spreads connections.
                 ("grpc.so_reuseport", 1),
-            ]
+            ],
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(pipeline, Limits.of(settings)), self._server

@@ -73,10 +73,15 @@ class Settings(BaseSettings):
     # workers share it with no flag), else memory://, or with several workers a policy file in a
     # temporary directory. See `shared_policy_store`.
     policy_store: str | None = None
-    # The admin API's bearer token (MLGATE_ADMIN_TOKEN), or a file of tokens, one a line, each
-    # `name:token` or a bare token. Without either the admin API refuses every call.
+    # Bearer tokens (service/tokens.py): MLGATE_ADMIN_TOKEN, an admin token, and a file of
+    # tokens, one a line, `name:token:scope,scope` (inference, features:write, admin), or
+    # `name:token` / a bare token, both admin. Without any, the admin API refuses every call
+    # and the feature push is open to all.
     admin_token: str | None = Field(default=None, repr=False)
     admin_token_file: Path | None = None
+    # Inference (V2 infer, :predict, gRPC ModelInfer/ModelStreamInfer) asks for a token of
+    # the inference scope; off: inference is open to all, whatever tokens are configured.
+    require_inference_token: bool = False
     # A YAML file of {model: routing section} that takes the place of config.yaml's sections
     # (rollout policy kept apart from the model repository).
     routing: Path | None = None
@@ -113,6 +118,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "batching_delay_us fixes how long batches wait, but batching is off; "
                 "drop one of the two"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _inference_tokens_need_a_file(self) -> Self:
+        # MLGATE_ADMIN_TOKEN is admin only: inference tokens can come from the file alone.
+        if self.require_inference_token and self.admin_token_file is None:
+            raise ValueError(
+                "require_inference_token needs admin_token_file with a token of the "
+                "inference scope (a line name:token:inference)"
             )
         return self
 
