@@ -38,7 +38,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 REQUESTS = Counter(
     "mlgate_requests_total",
-    "Requests answered, by model, version, endpoint and outcome (ok or an error class).",
+    "Requests handled, by model, version, endpoint and outcome (ok, an error class, or"
+    " cancelled: the client went away before its answer).",
     ["model", "version", "endpoint", "outcome"],
 )
 REQUEST_LATENCY = Histogram(

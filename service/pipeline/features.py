@@ -19,11 +19,14 @@ from feature_store.errors import EntityNotFound, FeatureStoreError, SchemaMismat
 from feature_store.store import EventTimeOutOfRange, OnlineStore, ViewRows
 from feature_store.views import FeatureView
 from service import metrics
+from service.log_limit import Repeated
 from service.protocol.datatypes import numpy_dtype
 from service.protocol.errors import BackendError, GatewayError, InvalidInput, NotFound, Unavailable
 from service.repository.config import InputSpec
 
 log = logging.getLogger(__name__)
+# A store outage fails every request; the log gets one line per interval of it.
+store_warnings = Repeated(log)
 
 # A request's entities are read this many at a time, with a return to the event loop between
 # slices: a large request's key building and row decoding never holds the loop for long, so
@@ -158,7 +161,7 @@ def client_error(exc: FeatureStoreError) -> GatewayError:
         return NotFound(str(exc))
     if isinstance(exc, SchemaMismatch):
         return BackendError(str(exc))
-    log.warning("%s", exc)
+    store_warnings.warning(str(exc))
     if isinstance(exc, StoreUnavailable):
         return Unavailable("feature store unavailable; retry later")
     return Unavailable("the feature store refused the request; retry later")

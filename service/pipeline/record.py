@@ -6,6 +6,7 @@ never becomes a label value. The request path never waits on the audit log.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,9 @@ from service.pipeline.served import Served
 from service.protocol.errors import GatewayError, Unprocessable
 from service.routing.router import Decision, Router
 
+# The outcome of a request nobody is left to answer.
+CANCELLED = "cancelled"
+
 
 class Record:
     def __init__(self, audit: AuditLog | None, router: Router) -> None:
@@ -25,7 +29,9 @@ class Record:
 
     @contextmanager
     def observed(self, endpoint: str) -> Iterator[dict[str, str]]:
-        """Count and time one request; the outcome is 'ok' or the error class."""
+        """Count and time one request; the outcome is 'ok', the error class, or 'cancelled'
+        (its client went away, or its caller gave up on it: no answer left, and no audit
+        record, since nothing was answered)."""
         labels = {"model": "", "version": ""}
         started = time.perf_counter()
         outcome = "ok"
@@ -33,6 +39,9 @@ class Record:
             yield labels
         except GatewayError as exc:
             outcome = type(exc).__name__
+            raise
+        except asyncio.CancelledError:
+            outcome = CANCELLED
             raise
         except Exception:
             outcome = "internal"

@@ -7,6 +7,7 @@ URL, a key or row bytes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -57,3 +58,23 @@ async def test_a_refused_command_answers_push_and_predict_alike_without_details(
 def row_of_view() -> dict[str, object]:
     view = load_views(MODELS_DIR / "feature_views.yaml")["txn_stats"]
     return {view.entity: "u1", **dict.fromkeys(view.feature_names, 1.0)}
+
+
+async def test_an_outage_logs_one_warning_line_not_one_per_request(
+    doomed_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(
+        Settings(models=MODELS_DIR, feature_store=doomed_redis.url, demo_entities=0, audit="none")
+    )
+    async with app.router.lifespan_context(app):
+        doomed_redis.stop()
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            with caplog.at_level(logging.WARNING, logger="service.pipeline.features"):
+                answers = [
+                    (await client.post(PREDICT, json={"entities": [f"u{i}"]})).status_code
+                    for i in range(200)
+                ]
+    assert answers == [503] * 200
+    lines = [r for r in caplog.records if r.name == "service.pipeline.features"]
+    assert len(lines) <= 1, [r.getMessage() for r in lines[:3]]

@@ -3,6 +3,7 @@ stage, on the memory store and recording backends (tests/unit/pipeline_support.p
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -122,3 +123,24 @@ async def test_without_a_version_the_policys_stable_version_answers_everything()
         assert (answer.version, answer.route) == ("2", "primary")
     finally:
         await pipeline.close()
+
+
+@pytest.mark.parametrize("batching", [BATCHED, UNBATCHED], ids=["batched", "unbatched"])
+async def test_a_cancelled_request_is_counted_cancelled_not_ok(batching: object) -> None:
+    pipeline, _ = build({"1": (batching, RecordingBackend(0.5, seconds=0.5))})  # type: ignore[dict-item]
+
+    def count(outcome: str) -> float:
+        labels = {"model": MODEL, "version": "1", "endpoint": "predict", "outcome": outcome}
+        return REGISTRY.get_sample_value("mlgate_requests_total", labels) or 0.0
+
+    before = {outcome: count(outcome) for outcome in ("ok", "cancelled")}
+    try:
+        task = asyncio.create_task(pipeline.predict(ctx(), ["u1"], None, {}))
+        await asyncio.sleep(0.05)  # routed, fetched, waiting on the backend
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await pipeline.close()
+    assert count("cancelled") - before["cancelled"] == 1
+    assert count("ok") == before["ok"]
