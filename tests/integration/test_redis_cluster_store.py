@@ -299,7 +299,7 @@ async def test_a_hundred_thousand_rows_load_spread_over_the_nodes_and_read_back(
     print(f"loaded {n} rows into 3 nodes in {seconds:.2f}s ({n / seconds:,.0f} rows/s)")
 
     sample = ids[:: n // 1000]
-    [got] = await store.read([view], sample, NOW)
+    [got] = await store.read([view], sample)  # loaded now, so read now: fresh
     np.testing.assert_array_equal(got.values, values[:: n // 1000])
     assert (got.status == Status.FRESH).all()
 
