@@ -66,6 +66,28 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
 
 
+def seeded_url(server: RedisServer, db: int, entities: int) -> str:
+    """db `db` of `server`, holding the demo views' synthetic entities u0 .. u{entities-1}."""
+    import asyncio
+
+    from feature_store.loader import seed_synthetic
+    from feature_store.open import open_store
+    from feature_store.views import load_views
+
+    url = f"redis://127.0.0.1:{server.port}/{db}"
+
+    async def seed() -> None:
+        store = open_store(url)
+        try:
+            views = load_views(MODELS_DIR / "feature_views.yaml")
+            await seed_synthetic(store, views.values(), entities)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    return url
+
+
 @pytest.fixture
 def doomed_redis() -> Iterator[RedisServer]:
     """A redis-server of the test's own, which the test may stop."""

@@ -18,10 +18,15 @@ import httpx
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from feature_store.loader import seed_synthetic
-from feature_store.open import open_store
 from feature_store.views import load_views
-from tests.conftest import MODELS_DIR, GatewayProcess, RedisServer, free_port, start_gateway
+from tests.conftest import (
+    MODELS_DIR,
+    GatewayProcess,
+    RedisServer,
+    free_port,
+    seeded_url,
+    start_gateway,
+)
 
 DB = 6
 # A large legal request: this many entities, the gateway's configured limit.
@@ -33,19 +38,7 @@ ROUND_TRIPS = "mlgate_feature_store_round_trips_total"
 
 @pytest.fixture(scope="module")
 def store_url(redis_server: RedisServer) -> str:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-
-    async def seed() -> None:
-        store = open_store(url)
-        try:
-            await seed_synthetic(
-                store, load_views(MODELS_DIR / "feature_views.yaml").values(), LARGE
-            )
-        finally:
-            await store.close()
-
-    asyncio.run(seed())
-    return url
+    return seeded_url(redis_server, DB, LARGE)
 
 
 @pytest.fixture(scope="module")

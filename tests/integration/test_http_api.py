@@ -12,10 +12,9 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton_http
 
-from feature_store.loader import seed_synthetic
 from feature_store.open import open_store
 from feature_store.views import load_views
-from tests.conftest import MODELS_DIR, GatewayProcess, RedisServer, start_gateway
+from tests.conftest import MODELS_DIR, GatewayProcess, RedisServer, seeded_url, start_gateway
 
 ENTITIES = 2_000
 DB = 2
@@ -23,19 +22,7 @@ DB = 2
 
 @pytest.fixture(scope="module")
 def store_url(redis_server: RedisServer) -> str:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-
-    async def seed() -> None:
-        store = open_store(url)
-        try:
-            await seed_synthetic(
-                store, load_views(MODELS_DIR / "feature_views.yaml").values(), ENTITIES
-            )
-        finally:
-            await store.close()
-
-    asyncio.run(seed())
-    return url
+    return seeded_url(redis_server, DB, ENTITIES)
 
 
 @pytest.fixture(scope="module")
