@@ -153,6 +153,9 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # A trailing slash is a path of its own (404 with an error body): Starlette's redirect
+        # would answer it with an empty 307, outside the V2 error shape.
+        redirect_slashes=False,
         # mlgate exports Prometheus metrics (service/metrics.py). FastAPI's native OpenTelemetry
         # would look up three global providers on every request to learn it is unconfigured.
         telemetry={"tracing": False, "metrics": False, "logs": False},
