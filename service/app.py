@@ -281,7 +281,8 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
 
     @app.get("/v2/health/ready")
     async def ready(request: Request) -> Response:
-        ok = await pipeline(request).ready()
+        # A draining process still serves, but asks load balancers to send no more.
+        ok = not request.app.state.drain.draining and await pipeline(request).ready()
         return json_response({"ready": ok}, 200 if ok else 503)
 
     @app.get("/v2")

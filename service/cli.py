@@ -43,6 +43,7 @@ SERVE_FLAGS = (
     "watch_models_s",
     "shadow_queue_size",
     "shadow_concurrency",
+    "drain_delay_s",
 )
 
 
@@ -82,20 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"policy_store": f"file://{shared}"})
     export_settings(settings)
 
-    import uvicorn
+    from service.supervision import run_gateway
 
-    uvicorn.run(
-        "service.server:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        access_log=False,
-    )
-    return 0
+    return run_gateway(settings)
 
 
 def check(models: Path, views_path: Path) -> list[str]:
@@ -218,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--shadow-queue-size", type=int, help="shadow copies waiting, at most")
     serve.add_argument("--shadow-concurrency", type=int, help="shadow copies scored at once")
+    serve.add_argument(
+        "--drain-delay-s",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, not ready but still serving this long before stopping (default 5)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="model repository tools")

@@ -296,8 +296,13 @@ class GrpcFront:
         log.info("gRPC front on %s", front.address)
         return front
 
-    async def stop(self) -> None:
+    async def drain(self) -> None:
+        """Every health status NOT_SERVING from now on (later readiness checks are ignored);
+        calls are still served until stop()."""
         await self._health.enter_graceful_shutdown()
+
+    async def stop(self) -> None:
+        await self.drain()
         if self._poller is not None:
             self._poller.cancel()
         await self._server.stop(STOP_GRACE_S)

@@ -175,6 +175,11 @@ SHADOW_ABS_DIFF = Histogram(
     ["model", "baseline", "version"],
     buckets=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
+# Counted by the `--workers N` supervisor process into the workers' shared metrics directory.
+WORKER_RESTARTS = Counter(
+    "mlgate_worker_restarts_total",
+    "Worker processes that died (or hung) after starting and were replaced.",
+)
 CANARY_WEIGHT = Gauge(
     "mlgate_canary_weight",
     "The share of traffic routed to the canary version (0 after a rollback).",

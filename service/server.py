@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feature_store.loader import seed_synthetic
 from feature_store.open import open_store
@@ -21,6 +22,7 @@ from feature_store.views import load_views
 from service.admin import install_admin
 from service.app import create_http_app
 from service.audit import open_audit
+from service.drain import Drain
 from service.grpc_server import GrpcFront
 from service.lifecycle import Lifecycle
 from service.pipeline.features import Features
@@ -33,9 +35,12 @@ log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[tuple[Pipeline, Lifecycle]]:
+async def serving(
+    settings: Settings, drain: Drain | None = None
+) -> AsyncIterator[tuple[Pipeline, Lifecycle]]:
     """Everything one process serves with, for as long as the context lasts; stopped in the
-    reverse order of its making (the gRPC front first, the thread pool last)."""
+    reverse order of its making (the gRPC front first, the thread pool last). When `drain`
+    begins, the gRPC health service says NOT_SERVING."""
     async with AsyncExitStack() as stack:
         views = load_views(settings.views_path) if settings.views_path.exists() else {}
         store = open_store(settings.feature_store)
@@ -75,6 +80,8 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[Pipeline, Lifecycle
         if settings.grpc_port is not None:
             grpc_front = await GrpcFront.start(pipeline, settings)
             stack.push_async_callback(grpc_front.stop)
+            if drain is not None:
+                drain.on_begin(grpc_front.drain)
         yield pipeline, lifecycle
 
 
@@ -83,14 +90,48 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with serving(settings) as (pipeline, lifecycle):
+        drain = Drain(settings.drain_delay_s)
+        app.state.drain = drain
+        async with serving(settings, drain) as (pipeline, lifecycle):
             app.state.pipeline = pipeline
             app.state.lifecycle = lifecycle
-            yield
+            # Hooked once everything serves; unhooked before anything stops.
+            with drain.on_sigterm():
+                yield
 
     app = create_http_app(settings, lifespan)
     install_admin(app, settings)
+    app.add_middleware(StartupFailureInOneLine)
     return app
+
+
+class StartupFailureInOneLine:
+    """A process that cannot start (an unwritable spill directory, a taken gRPC port, a model
+    that fails to load) says why in one line: Starlette would hand uvicorn the whole traceback
+    to log. uvicorn then exits with its start-up failure status, and its supervisor stops."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # sent below, with the exception in one line
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except Exception as exc:
+            if not held:
+                raise
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            await send({"type": "lifespan.startup.failed", "message": f"cannot start: {reason}"})
 
 
 def create_app_from_env() -> FastAPI:

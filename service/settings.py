@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     routing: Path | None = None
     # Poll the model repository this often for versions added, removed or changed; 0: no watch.
     watch_models_s: float = Field(default=0.0, ge=0.0)
+    # On SIGTERM, readiness fails at once and the process serves on this long before it stops
+    # accepting, so load balancers notice first (service/drain.py).
+    drain_delay_s: float = Field(default=5.0, ge=0.0, le=300.0)
     # Shadow copies waiting beyond this many are dropped (and counted).
     shadow_queue_size: int = Field(default=1024, ge=1)
     # Shadow copies scored at once; below inference_threads, so primaries always find a thread.

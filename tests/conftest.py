@@ -148,6 +148,8 @@ def start_gateway(
     # Audit records stay in the test's directory unless a test points them elsewhere.
     full_env["MLGATE_AUDIT"] = f"file://{tmp_dir}/audit-{port}.log"
     full_env["MLGATE_AUDIT_SPILL_DIR"] = str(tmp_dir / f"spill-{port}")
+    # Stopped at once: only the drain tests wait out a drain delay.
+    full_env["MLGATE_DRAIN_DELAY_S"] = "0"
     full_env.update(env or {})
     mlgate = Path(sys.executable).parent / "mlgate"
     with log.open("wb") as out:
