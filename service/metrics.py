@@ -92,6 +92,12 @@ QUEUE_WAIT = Histogram(
     ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
+EVENT_LOOP_LAG = Histogram(
+    "mlgate_event_loop_lag_seconds",
+    "How late the event loop ran a timer due every 0.1 s: time every request waited for the"
+    " loop to get to it (a long synchronous step, garbage collection, a busy machine).",
+    buckets=LATENCY_BUCKETS,
+)
 QUEUE_REJECTED = Counter(
     "mlgate_queue_rejected_total",
     "Requests refused because the queue was full (429).",

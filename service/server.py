@@ -8,6 +8,7 @@ gives it its lifespan. Each front gets the one pipeline; neither front builds an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from service.audit import open_audit
 from service.drain import Drain
 from service.grpc_server import GrpcFront
 from service.lifecycle import Lifecycle
+from service.loop_lag import watch_lag
 from service.pipeline.features import Features
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.served import BatchingChoice
@@ -82,6 +84,8 @@ async def serving(
             stack.push_async_callback(grpc_front.stop)
             if drain is not None:
                 drain.on_begin(grpc_front.drain)
+        lag = asyncio.create_task(watch_lag(), name="loop-lag")
+        stack.callback(lag.cancel)
         yield pipeline, lifecycle
 
 

@@ -6,7 +6,9 @@ FastAPI routes gave: `?version=`, 405, the JSON error handlers, Retry-After, bin
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -147,3 +149,18 @@ async def test_binary_outputs_carry_the_json_header_length(client: httpx.AsyncCl
     doc = json.loads(r.content[:size])
     assert doc["outputs"][0]["parameters"]["binary_data_size"] == len(r.content) - size == 4
     assert r.headers["x-mlgate-version"] == doc["model_version"]
+
+
+async def test_metrics_carry_the_event_loops_lag(client: httpx.AsyncClient) -> None:
+    # The watcher samples every 0.1 s from start-up; wait for a few samples.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    first = lag_samples((await client.get("/metrics")).text)
+    while lag_samples((await client.get("/metrics")).text) < first + 3:
+        assert loop.time() < deadline, "the event-loop lag is not sampled"
+        await asyncio.sleep(0.1)
+
+
+def lag_samples(text: str) -> float:
+    found = re.search(r"^mlgate_event_loop_lag_seconds_count (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
