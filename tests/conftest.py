@@ -8,8 +8,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.triton_support import TritonServer
 
 from loadtests.processes import RedisCluster, free_port, redis_cluster, stop, wait_for_port
 
@@ -173,3 +177,33 @@ def start_gateway(
         time.sleep(0.1)
     gateway.stop()
     raise TimeoutError(f"gateway did not come up in {timeout}s:\n{log.read_text()}")
+
+
+def start_workers(tmp_dir: Path, *args: str) -> tuple[GatewayProcess, Path]:
+    """`mlgate serve --workers 2` (100 demo entities) with its metrics files in a folder of the
+    test's own, so a test can tell which worker counted what."""
+    metrics_dir = tmp_dir / "metrics"
+    metrics_dir.mkdir()
+    gw = start_gateway(
+        tmp_dir,
+        "--workers",
+        "2",
+        "--demo-entities",
+        "100",
+        *args,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
+    return gw, metrics_dir
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A tritonserver of fraud_mlp version 2 for the module (skips where no Triton venv)."""
+    from tests.triton_support import start_triton  # it reads this module's MODELS_DIR
+
+    server = start_triton(tmp_path_factory.mktemp("triton"), only_fraud_mlp=True)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.kill()

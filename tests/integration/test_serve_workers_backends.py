@@ -7,30 +7,18 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from service.routing.router import VERSION_HEADER
 from tests.conftest import MODELS_DIR, REPO_ROOT, start_gateway
 from tests.integration.test_triton_backend import mixed, write_repository
-from tests.triton_support import TritonServer, start_triton
+from tests.triton_support import TritonServer
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = start_triton(tmp_path_factory.mktemp("triton"), only_fraud_mlp=True)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.kill()
 
 
 def workers_that_served(metrics_dir: Path, version: str) -> int:

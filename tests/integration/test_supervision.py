@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from loadtests.processes import free_port
-from tests.conftest import REPO_ROOT, start_gateway
+from tests.conftest import REPO_ROOT, start_workers
 
 RESTARTS = re.compile(r"^mlgate_worker_restarts_total (\S+)$", re.MULTILINE)
 
@@ -66,16 +66,7 @@ def workers_of(parent: int) -> set[int]:
 def test_a_killed_worker_is_replaced_and_counted_and_the_gateway_serves_on(
     tmp_path: Path,
 ) -> None:
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    gw = start_gateway(
-        tmp_path,
-        "--workers",
-        "2",
-        "--demo-entities",
-        "100",
-        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-    )
+    gw, _ = start_workers(tmp_path)
     try:
         before = workers_of(gw.proc.pid)
         assert len(before) == 2

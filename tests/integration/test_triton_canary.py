@@ -15,22 +15,12 @@ from service.routing.router import VERSION_HEADER, bucket
 from tests.conftest import MODELS_DIR, GatewayProcess, start_gateway
 from tests.integration.routing_support import TOKEN, admin, audit_records, predict
 from tests.integration.test_triton_backend import mixed, write_repository
-from tests.triton_support import TritonServer, start_triton
+from tests.triton_support import TritonServer
 
 ENTITIES = [f"u{i}" for i in range(400)]
 WEIGHT = 0.3
 # The same model.onnx on the same CPU: any difference is float noise, if that.
 TOLERANCE = 1e-6
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = start_triton(tmp_path_factory.mktemp("triton"), only_fraud_mlp=True)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture(scope="module")

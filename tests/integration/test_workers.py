@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.conftest import start_gateway
+from tests.conftest import start_workers
 
 COUNTER = re.compile(
     r'mlgate_requests_total\{endpoint="predict",model="fraud_mlp",outcome="ok",version="2"\} (\S+)'
@@ -32,16 +32,7 @@ def counted_requests(path: Path) -> bool:
 
 
 def test_metrics_aggregate_every_worker(tmp_path: Path) -> None:
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    gw = start_gateway(
-        tmp_path,
-        "--workers",
-        "2",
-        "--demo-entities",
-        "100",
-        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-    )
+    gw, metrics_dir = start_workers(tmp_path)
     try:
         # Each process keeps its own counter file; two files that counted requests prove
         # both workers served (the second may still be starting when the first answers).
