@@ -90,6 +90,32 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     suite.set_defaults(func=cmd_suite)
 
+    instructions = commands.add_parser(
+        "instructions",
+        help="instructions per request of each tree's gateway, counted under callgrind",
+        description=(
+            "Compare trees by the instructions their gateway executes per request (valgrind's "
+            "callgrind; repeatable on a noisy machine, unlike req/s). The first --tree is the "
+            "reference of the ratios."
+        ),
+    )
+    instructions.add_argument(
+        "--tree",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a checkout whose service/ and models/ the gateway runs (repeat; first = reference)",
+    )
+    instructions.add_argument("--scenarios", default="predict-1,predict-8-zipf,v2-dense-1")
+    instructions.add_argument("--concurrency", default="1,64", help="comma-separated levels")
+    instructions.add_argument("--requests", type=int, default=400, help="counted per point")
+    instructions.add_argument("--entities", type=int, default=10_000, help="entities to seed")
+    instructions.add_argument(
+        "--serve-arg", action="append", default=[], help="extra `mlgate serve` flag (repeat)"
+    )
+    instructions.add_argument("--out", type=Path, default=Path("/tmp/mlgate-instructions"))
+    instructions.set_defaults(func=cmd_instructions)
+
     render = commands.add_parser("render", help="regenerate docs/benchmarks.md from a results file")
     render.add_argument("results", type=Path)
     render.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
@@ -265,6 +291,32 @@ def cmd_floor(args: argparse.Namespace) -> int:
         print(f"bench floor: {exc}", file=sys.stderr)
         return 1
     print(format_floor(floor))
+    return 0
+
+
+def cmd_instructions(args: argparse.Namespace) -> int:
+    from loadtests.instructions import compare, format_ratios
+
+    trees = {}
+    for item in args.tree:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path, "service").is_dir():
+            print(
+                f"bench instructions: --tree {item}: expected NAME=PATH of a checkout",
+                file=sys.stderr,
+            )
+            return 2
+        trees[name] = Path(path).resolve()
+    counts = compare(
+        trees,
+        _names(args.scenarios),
+        tuple(int(c) for c in args.concurrency.split(",")),
+        args.requests,
+        args.entities,
+        args.serve_arg,
+        args.out,
+    )
+    print(format_ratios(counts))
     return 0
 
 
