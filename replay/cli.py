@@ -69,8 +69,21 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         type=_share,
         help="fail above this share of rows that change class (default: no limit)",
     )
-    p.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+    p.add_argument(
+        "--report",
+        type=Path,
+        help="write a self-contained HTML report here (needs matplotlib: the bench extra)",
+    )
     p.set_defaults(func=run_replay)
+
+
+def _has_matplotlib() -> bool:
+    """Asked before the replay runs, so a missing plotting library costs no re-scoring."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _share(text: str) -> float:
@@ -88,6 +101,13 @@ def _positive(text: str) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    if args.report is not None and not _has_matplotlib():
+        print(
+            "replay: --report draws with matplotlib, which is not installed: "
+            "pip install 'mlgate[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     # Imported here: onnxruntime, pyarrow and matplotlib take a while to load, and every
     # `mlgate` command builds this parser.
     from replay.report import write_report
