@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from feature_store.store import EVENT_TIME_COLUMNS, EVENT_TIME_UNITS
 from service.settings import Settings
 from service.validation import problems
 
@@ -108,6 +109,10 @@ def cmd_models_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+class LoadRefused(Exception):
+    """`features load` cannot go ahead; the message says why, in one line."""
+
+
 def cmd_features_load(args: argparse.Namespace) -> int:
     from feature_store.errors import FeatureStoreError
     from feature_store.loader import load_file
@@ -115,10 +120,17 @@ def cmd_features_load(args: argparse.Namespace) -> int:
     from feature_store.views import load_views
 
     async def run() -> int:
+        if args.feature_store.startswith("memory://"):
+            raise LoadRefused(
+                f"{args.feature_store} keeps rows only while this command runs: name the store "
+                "the gateway reads with --feature-store (or MLGATE_FEATURE_STORE), e.g. "
+                "redis://127.0.0.1:6379/0"
+            )
         views = load_views(args.views)
         if args.view not in views:
-            print(f"unknown view {args.view!r}; known: {', '.join(views)}", file=sys.stderr)
-            return 2
+            raise LoadRefused(
+                f"unknown view {args.view!r} in {args.views}; known: {', '.join(views)}"
+            )
         store = open_store(args.feature_store)
         try:
             return await load_file(
@@ -127,13 +139,16 @@ def cmd_features_load(args: argparse.Namespace) -> int:
                 args.file,
                 entity_column=args.entity_column,
                 event_time_column=args.event_time_column,
+                event_time_unit=args.event_time_unit,
+                # A bar drawn into a log file or a pipe is noise, as in `replay`.
+                progress=sys.stderr.isatty(),
             )
         finally:
             await store.close()
 
     try:
         rows = asyncio.run(run())
-    except (FeatureStoreError, ValueError, OSError) as exc:
+    except (LoadRefused, FeatureStoreError, ValueError, OSError) as exc:
         print(f"features load: {exc}", file=sys.stderr)
         return 1
     print(f"loaded {rows} rows into {args.view}")
@@ -225,16 +240,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     features = sub.add_parser("features", help="online feature store tools")
     features_sub = features.add_subparsers(dest="features_command", required=True)
-    load = features_sub.add_parser("load", help="bulk-load a CSV or Parquet file")
-    load.add_argument("file", type=Path)
-    load.add_argument("--view", required=True)
-    load.add_argument("--views", type=Path, default=Path("models/feature_views.yaml"))
+    load = features_sub.add_parser(
+        "load",
+        help="bulk-load a CSV or Parquet file into a feature view of a Redis store",
+        description="Load every row of FILE into one feature view of the store the gateway "
+        "reads (README, 'Loading features from a file'). The file has the view's entity "
+        "column, one column per feature (others are ignored) and, optionally, an event-time "
+        "column; an empty cell is the feature's default. Exit status 0 only when every row "
+        "was written; a bad value stops the load naming its file, row, column and value.",
+    )
+    load.add_argument("file", type=Path, help="a .csv (with a header row) or .parquet file")
+    load.add_argument("--view", required=True, help="the feature view the rows belong to")
+    load.add_argument(
+        "--views", type=Path, default=Path("models/feature_views.yaml"), help="feature views YAML"
+    )
     load.add_argument(
         "--feature-store",
-        default=os.environ.get("MLGATE_FEATURE_STORE", "redis://127.0.0.1:6379/0"),
+        default=os.environ.get(
+            "MLGATE_FEATURE_STORE", Settings.model_fields["feature_store"].default
+        ),
+        help="redis://host:port/db or redis+cluster://host:port/0, as `serve --feature-store`; "
+        "memory:// is refused: its rows would vanish with this command "
+        "(default: $MLGATE_FEATURE_STORE or %(default)s)",
     )
-    load.add_argument("--entity-column")
-    load.add_argument("--event-time-column")
+    load.add_argument(
+        "--entity-column", help="the column of entity ids (default: the view's entity name)"
+    )
+    load.add_argument(
+        "--event-time-column",
+        help="the column of event times (default: the first of "
+        f"{', '.join(EVENT_TIME_COLUMNS)} the file has; none: the load's start time)",
+    )
+    load.add_argument(
+        "--event-time-unit",
+        choices=list(EVENT_TIME_UNITS),
+        help="the unit of epoch-number event times (default: told by their magnitude; "
+        "ISO 8601 text and timestamp columns need none)",
+    )
     load.set_defaults(func=cmd_features_load)
 
     # Tools that own their subcommands: the load generator and the audit log readers.
