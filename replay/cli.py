@@ -31,7 +31,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model whose records are replayed")
     p.add_argument("--candidate", required=True, metavar="VERSION", help="the version to test")
     p.add_argument(
         "--baseline", metavar="VERSION", help="compare with this version (default: as logged)"

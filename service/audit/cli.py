@@ -63,7 +63,7 @@ def _add_source(p: argparse.ArgumentParser) -> None:
         "or redis+cluster://host:port/0[?shards=N] (every shard is read, merged by time; "
         f"shards as the gateway's) (default: $MLGATE_AUDIT or {DEFAULT_AUDIT_URL})",
     )
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model whose records are read")
 
 
 def parse_time(text: str) -> int:

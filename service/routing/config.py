@@ -189,7 +189,12 @@ def read_routing_file(path: Path) -> dict[str, RoutingConfig]:
         try:
             sections[str(model)] = RoutingConfig.model_validate(section)
         except ValidationError as exc:
-            raise ValueError(f"{path}: {describe(exc, within=(str(model),))}") from None
+            # The file is the routing sections themselves, as config.yaml's `routing:` holds one.
+            hint = " (the file maps model names to routing sections: no top-level `routing:`)"
+            raise ValueError(
+                f"{path}: {describe(exc, within=(str(model),))}"
+                + (hint if model == "routing" else "")
+            ) from None
     return sections
 
 
