@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from service.audit.cli import parse_time
+from service.audit.cli import ROUTE_HELP, parse_time, route
 from service.audit.sinks import DEFAULT_AUDIT_URL
 
 
@@ -45,9 +45,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--since", type=parse_time, help="epoch ms, ISO 8601 or an age (15m)")
     p.add_argument("--until", type=parse_time, help="same forms as --since; exclusive")
     p.add_argument("--limit", type=_positive, help="only the N most recent records of the window")
-    p.add_argument(
-        "--route", choices=["primary", "canary", "shadow"], help="only records of this route"
-    )
+    p.add_argument("--route", type=route, help=ROUTE_HELP)
     p.add_argument("--url", help="score through this gateway (http://host:port), not in-process")
     p.add_argument(
         "--models",

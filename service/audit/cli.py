@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from service.audit.record import AuditRecord
 from service.audit.sinks import DEFAULT_AUDIT_URL
+from service.routing.config import route_name
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -32,7 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     _add_source(tail)
     tail.add_argument("-f", "--follow", action="store_true", help="wait for new records")
     tail.add_argument("--version", help="only this model version")
-    tail.add_argument("--route", choices=["primary", "canary", "shadow"], help="only this route")
+    tail.add_argument("--route", type=route, help=ROUTE_HELP)
     tail.add_argument("--flag", help="only records carrying this guard flag")
     tail.add_argument(
         "-n", "--last", type=int, default=10, help="start with the last N matching (default 10)"
@@ -42,8 +44,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     export = commands.add_parser(
         "export",
-        help="export a model's records to Parquet through a consumer group (on every shard: "
-        "a run resumes each where the last stopped)",
+        help="export a model's records to Parquet, one column per field (features and their "
+        "statuses per view included): a run resumes where the last of its group stopped, on "
+        "every shard of a Redis audit log and in a file sink's files",
     )
     _add_source(export)
     export.add_argument("--since", type=parse_time, help="epoch ms, ISO 8601 or an age (15m)")
@@ -66,6 +69,16 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the model whose records are read")
 
 
+ROUTE_HELP = "only this route: primary, canary, shadow, override or an A/B arm's name"
+
+
+def route(text: str) -> str:
+    try:
+        return route_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_time(text: str) -> int:
     """Epoch milliseconds from `1718000000000`, `2024-06-10T12:00:00+00:00` or `15m` (ago)."""
     if text.isdigit():
@@ -80,7 +93,7 @@ def parse_time(text: str) -> int:
 
 def run_tail(args: argparse.Namespace) -> int:
     # Imported here: the reader pulls in pyarrow, which `mlgate serve` has no use for.
-    from service.audit.reader import tail
+    from service.audit.reader import AuditSourceError, tail
 
     async def main() -> None:
         async for r in tail(
@@ -97,25 +110,33 @@ def run_tail(args: argparse.Namespace) -> int:
 
     # Ctrl-C is how a follow ends.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        try:
+            asyncio.run(main())
+        except (AuditSourceError, RedisError, OSError) as exc:
+            print(f"audit tail: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
     # Imported here: the reader pulls in pyarrow, which `mlgate serve` has no use for.
-    from service.audit.reader import export
+    from service.audit.reader import AuditSourceError, export
 
-    n = asyncio.run(
-        export(
-            args.audit,
-            model=args.model,
-            since_ms=args.since,
-            until_ms=args.until,
-            to=args.to,
-            group=args.group,
-            consumer=args.consumer,
+    try:
+        n = asyncio.run(
+            export(
+                args.audit,
+                model=args.model,
+                since_ms=args.since,
+                until_ms=args.until,
+                to=args.to,
+                group=args.group,
+                consumer=args.consumer,
+            )
         )
-    )
+    except (AuditSourceError, RedisError, OSError) as exc:
+        print(f"audit export: {exc}", file=sys.stderr)
+        return 1
     print(f"exported {n} records to {args.to}", file=sys.stderr)
     return 0
 
