@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,9 @@ def parse_time(text: str) -> int:
 
 def run_tail(args: argparse.Namespace) -> int:
     # Imported here: the reader pulls in pyarrow, which `mlgate serve` has no use for.
-    from service.audit.reader import AuditSourceError, tail
+    from service.audit.reader import tail
 
-    async def main() -> None:
+    async def main() -> int:
         async for r in tail(
             args.audit,
             model=args.model,
@@ -107,38 +108,43 @@ def run_tail(args: argparse.Namespace) -> int:
         ):
             sys.stdout.buffer.write(orjson.dumps(summary(r), default=_text) + b"\n")
             sys.stdout.flush()
+        return 0
 
     # Ctrl-C is how a follow ends.
     with contextlib.suppress(KeyboardInterrupt):
-        try:
-            asyncio.run(main())
-        except (AuditSourceError, RedisError, OSError) as exc:
-            print(f"audit tail: {exc}", file=sys.stderr)
-            return 1
+        return _read("tail", main())
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from service.audit.reader import export
+
+    async def main() -> int:
+        n = await export(
+            args.audit,
+            model=args.model,
+            since_ms=args.since,
+            until_ms=args.until,
+            to=args.to,
+            group=args.group,
+            consumer=args.consumer,
+        )
+        print(f"exported {n} records to {args.to}", file=sys.stderr)
+        return 0
+
+    return _read("export", main())
+
+
+def _read(command: str, work: Coroutine[Any, Any, int]) -> int:
+    """Run a reader; an audit log that is not there or cannot be reached is one line, status 1."""
     # Imported here: the reader pulls in pyarrow, which `mlgate serve` has no use for.
-    from service.audit.reader import AuditSourceError, export
+    from service.audit.reader import AuditSourceError
 
     try:
-        n = asyncio.run(
-            export(
-                args.audit,
-                model=args.model,
-                since_ms=args.since,
-                until_ms=args.until,
-                to=args.to,
-                group=args.group,
-                consumer=args.consumer,
-            )
-        )
+        return asyncio.run(work)
     except (AuditSourceError, RedisError, OSError) as exc:
-        print(f"audit export: {exc}", file=sys.stderr)
+        print(f"audit {command}: {exc}", file=sys.stderr)
         return 1
-    print(f"exported {n} records to {args.to}", file=sys.stderr)
-    return 0
 
 
 def summary(r: AuditRecord) -> dict[str, Any]:

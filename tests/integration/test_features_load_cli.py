@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import redis
 import yaml
 
 from feature_store.redis_store import RedisStore
-from feature_store.store import Status
-from feature_store.views import FeatureView, load_views
+from feature_store.store import Status, ViewRows
 from service.cli import main
+from tests.integration.test_feature_loader import VIEW
 
 DAY_S = 86_400
 
@@ -30,27 +29,17 @@ def no_mlgate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def views_file(tmp_path: Path) -> Path:
     path = tmp_path / "views.yaml"
-    view = {
-        "name": "stats",
-        "entity": "user_id",
-        "ttl_s": 3600,
-        "features": [{"name": "n"}, {"name": "amount", "default": -1}],
-    }
-    path.write_text(yaml.safe_dump({"views": [view]}))
+    path.write_text(yaml.safe_dump({"views": [VIEW.model_dump(mode="json")]}))
     return path
 
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    opened = RedisStore(redis_url)
+async def stored(url: str, entity: str) -> ViewRows:
+    store = RedisStore(url)
     try:
-        yield opened
+        [rows] = await store.read([VIEW], [entity])
     finally:
-        await opened.close()
-
-
-def view(views_file: Path) -> FeatureView:
-    return load_views(views_file)["stats"]
+        await store.close()
+    return rows
 
 
 def load(*args: str) -> int:
@@ -59,6 +48,11 @@ def load(*args: str) -> int:
     code = exited.value.code
     assert isinstance(code, int)
     return code
+
+
+def into(views_file: Path, store_url: str) -> list[str]:
+    """The flags of a load into the test's view of `store_url`."""
+    return ["--view", "txn_stats", "--views", str(views_file), "--feature-store", store_url]
 
 
 def csv(tmp_path: Path, text: str) -> Path:
@@ -70,21 +64,21 @@ def csv(tmp_path: Path, text: str) -> Path:
 def test_an_unknown_view_fails_in_one_line_with_no_success_line(
     tmp_path: Path, views_file: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = csv(tmp_path, "user_id,n,amount\nu1,1,2\n")
+    path = csv(tmp_path, "user_id,txn_count_1h,amount_sum_1h\nu1,1,2\n")
     code = load(
         str(path), "--view", "users", "--views", str(views_file), "--feature-store", redis_url
     )
     out, err = capsys.readouterr()
     assert code != 0
     assert out == ""
-    assert err == f"features load: unknown view 'users' in {views_file}; known: stats\n"
+    assert err == f"features load: unknown view 'users' in {views_file}; known: txn_stats\n"
 
 
 def test_a_store_that_dies_with_the_command_is_refused_naming_the_flag(
     tmp_path: Path, views_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = csv(tmp_path, "user_id,n,amount\nu1,1,2\n")
-    code = load(str(path), "--view", "stats", "--views", str(views_file))
+    path = csv(tmp_path, "user_id,txn_count_1h,amount_sum_1h\nu1,1,2\n")
+    code = load(str(path), "--view", "txn_stats", "--views", str(views_file))
     out, err = capsys.readouterr()
     assert code != 0
     assert out == ""
@@ -96,41 +90,37 @@ def test_a_store_that_dies_with_the_command_is_refused_naming_the_flag(
 def test_a_bad_value_is_named_with_file_row_column_and_value_and_fails(
     tmp_path: Path, views_file: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = csv(tmp_path, "user_id,n,amount\nu1,1,2\nu2,3,4\nu3,x7,5\n")
-    code = load(
-        str(path), "--view", "stats", "--views", str(views_file), "--feature-store", redis_url
-    )
+    path = csv(tmp_path, "user_id,txn_count_1h,amount_sum_1h\nu1,1,2\nu2,3,4\nu3,x7,5\n")
+    code = load(str(path), *into(views_file, redis_url))
     out, err = capsys.readouterr()
     assert code == 1
     assert out == ""
     assert err == (
-        f"features load: {path}: row 3: column 'n': value 'x7': "
-        "not float32 as view 'stats' declares\n"
+        f"features load: {path}: row 3: column 'txn_count_1h': value 'x7': "
+        "not float32 as view 'txn_stats' declares\n"
     )
 
 
 def test_no_progress_bar_is_drawn_when_stderr_is_no_terminal(
     tmp_path: Path, views_file: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = csv(tmp_path, "user_id,n,amount\nu1,1,2\n")
-    code = load(
-        str(path), "--view", "stats", "--views", str(views_file), "--feature-store", redis_url
-    )
+    path = csv(tmp_path, "user_id,txn_count_1h,amount_sum_1h\nu1,1,2\n")
+    code = load(str(path), *into(views_file, redis_url))
     out, err = capsys.readouterr()
     assert code == 0
-    assert out == "loaded 1 rows into stats\n"
+    assert out == "loaded 1 rows into txn_stats\n"
     assert err == ""
 
 
 async def test_a_conventional_event_time_column_is_used_without_the_flag(
-    tmp_path: Path, views_file: Path, redis_url: str, store: RedisStore
+    tmp_path: Path, views_file: Path, redis_url: str
 ) -> None:
     month_ago_s = int(time.time()) - 30 * DAY_S
-    path = csv(tmp_path, f"user_id,n,amount,event_time\nu1,1,2,{month_ago_s}\n")
-    args = [str(path), "--view", "stats", "--views", str(views_file), "--feature-store", redis_url]
+    path = csv(tmp_path, f"user_id,txn_count_1h,amount_sum_1h,event_time\nu1,1,2,{month_ago_s}\n")
+    args = [str(path), *into(views_file, redis_url)]
     # In a thread: the command runs its own event loop.
     assert await asyncio.to_thread(load, *args) == 0
-    [rows] = await store.read([view(views_file)], ["u1"])
+    rows = await stored(redis_url, "u1")
     assert rows.event_time_ms.tolist() == [month_ago_s * 1000]
     assert rows.status.tolist() == [Status.STALE]
 
@@ -153,15 +143,14 @@ async def test_event_times_in_every_unit_are_read_as_the_same_moment(
     tmp_path: Path,
     views_file: Path,
     redis_url: str,
-    store: RedisStore,
     cell: str,
     unit: str | None,
 ) -> None:
-    path = csv(tmp_path, f"user_id,n,amount,ts\nu1,1,2,{cell}\n")
+    path = csv(tmp_path, f"user_id,txn_count_1h,amount_sum_1h,ts\nu1,1,2,{cell}\n")
     flags = ["--event-time-column", "ts", *(["--event-time-unit", unit] if unit else [])]
-    args = [str(path), "--view", "stats", "--views", str(views_file), "--feature-store", redis_url]
+    args = [str(path), *into(views_file, redis_url)]
     assert await asyncio.to_thread(load, *args, *flags) == 0
-    [rows] = await store.read([view(views_file)], ["u1"])
+    rows = await stored(redis_url, "u1")
     expected = 1_700_000_000_000 if cell in ("1700000000",) else 1_700_000_000_250
     assert rows.event_time_ms.tolist() == [expected]
 
@@ -185,9 +174,9 @@ def test_implausible_event_times_are_refused_with_their_row_and_nothing_is_writt
     unit: str | None,
     why: str,
 ) -> None:
-    path = csv(tmp_path, f"user_id,n,amount,event_time_ms\nu1,1,2,{cell}\n")
+    path = csv(tmp_path, f"user_id,txn_count_1h,amount_sum_1h,event_time_ms\nu1,1,2,{cell}\n")
     flags = ["--event-time-unit", unit] if unit else []
-    args = [str(path), "--view", "stats", "--views", str(views_file), "--feature-store", redis_url]
+    args = [str(path), *into(views_file, redis_url)]
     assert load(*args, *flags) == 1
     out, err = capsys.readouterr()
     assert out == ""
@@ -201,8 +190,11 @@ def test_a_later_row_in_another_unit_than_the_first_is_refused(
     tmp_path: Path, views_file: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now_s = int(datetime.now(UTC).timestamp())
-    path = csv(tmp_path, f"user_id,n,amount,event_time\nu1,1,2,{now_s}\nu2,1,2,{now_s * 1000}\n")
-    args = [str(path), "--view", "stats", "--views", str(views_file), "--feature-store", redis_url]
+    path = csv(
+        tmp_path,
+        f"user_id,txn_count_1h,amount_sum_1h,event_time\nu1,1,2,{now_s}\nu2,1,2,{now_s * 1000}\n",
+    )
+    args = [str(path), *into(views_file, redis_url)]
     assert load(*args) == 1
     err = capsys.readouterr().err
     assert f"row 2: column 'event_time': value {now_s * 1000}: outside" in err
