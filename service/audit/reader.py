@@ -41,7 +41,7 @@ from redis.exceptions import ResponseError
 
 from feature_store.store import Status, display_url
 from service.audit.framing import iter_file, read_frames
-from service.audit.record import AuditRecord, decode_record
+from service.audit.record import AuditRecord, EncodedRecord, decode_record
 from service.audit.sinks.file import sink_files
 from service.audit.sinks.redis_stream import RECORD_FIELD, connect
 from service.audit.streams import parse
@@ -130,8 +130,38 @@ async def tail(
         if path is not None
         else _tail_stream(url, where, follow, last)
     )
+    found = False
     async for r in records:
+        found = True
         yield r
+    if not found:
+        await _require_model(url, model)
+
+
+async def _require_model(url: str, model: str) -> None:
+    """AuditSourceError unless the log at `url` holds something of `model`."""
+    path = file_path(url)
+    if path is not None:
+        payloads = await asyncio.to_thread(lambda: list(_iter_files(path)))
+        if not any(EncodedRecord.from_payload(p).model == model for p in payloads):
+            raise _unknown_model(str(path), model)
+        return
+    streams = _Streams(url, model)
+    try:
+        if not await streams.any_exist():
+            raise _unknown_model(display_url(url), model, streams.keys)
+    finally:
+        await streams.close()
+
+
+def _unknown_model(where: str, model: str, keys: Iterable[str] = ()) -> AuditSourceError:
+    shown = f" ({', '.join(keys)})" if keys else ""
+    return AuditSourceError(f"{where}: no audit record of model {model!r}{shown}")
+
+
+def _iter_files(path: Path) -> Iterator[bytes]:
+    for p in sink_files(path):
+        yield from iter_file(p)
 
 
 Fields = dict[bytes, bytes]
@@ -519,7 +549,7 @@ def _export_file(path: Path, model: str, window: _Window, to: Path, group: str) 
                 if r.ts_ms in window:
                     rows.add(None, r)
         if not known:
-            raise AuditSourceError(f"{path}: no audit record of model {model!r}")
+            raise _unknown_model(str(path), model)
     except BaseException:
         rows.abort()
         raise
@@ -579,10 +609,7 @@ async def _export_stream(
     try:
         # Before any group is made: making one makes its stream.
         if not await streams.any_exist():
-            raise AuditSourceError(
-                f"{display_url(url)}: no audit stream of model {model!r} "
-                f"({', '.join(streams.keys)})"
-            )
+            raise _unknown_model(display_url(url), model, streams.keys)
         sources = [
             await _group_entries(streams, key, group, consumer, min_idle_ms) for key in streams.keys
         ]

@@ -80,6 +80,12 @@ CASES = [
         {},
         ["--admin-token-file", "No such file or directory", "absent"],
     ),
+    (
+        "views-missing",
+        lambda d: ["--views", str(d / "views.yaml")],
+        {},
+        ["--views (MLGATE_VIEWS)", "No such file or directory", "views.yaml"],
+    ),
     ("port-range", lambda d: ["--port", "70000"], {}, ["--port (MLGATE_PORT)", "65535"]),
     (
         "feature-store-scheme",

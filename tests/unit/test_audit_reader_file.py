@@ -216,7 +216,7 @@ async def test_a_file_export_resumes_where_the_last_of_its_group_stopped(tmp_pat
         ("missing.log", "fraud_mlp", "no audit file"),
     ],
 )
-async def test_export_of_an_unknown_model_or_a_missing_file_fails_in_one_line(
+async def test_export_and_tail_of_an_unknown_model_or_a_missing_file_fail_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], audit: str, model: str, why: str
 ) -> None:
     sink = FileSink(tmp_path / "audit.log")
@@ -225,8 +225,11 @@ async def test_export_of_an_unknown_model_or_a_missing_file_fails_in_one_line(
     to = tmp_path / "out.parquet"
     argv = ["--audit", f"file://{tmp_path / audit}", "--model", model]
     assert await asyncio.to_thread(run_cli, "export", *argv, "--to", str(to)) == 1
-    assert await asyncio.to_thread(run_cli, "tail", *argv) == (1 if "file" in why else 0)
+    assert await asyncio.to_thread(run_cli, "tail", *argv) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.splitlines()[0] == f"audit export: {tmp_path / audit}: {why}"
+    assert err.splitlines() == [
+        f"audit export: {tmp_path / audit}: {why}",
+        f"audit tail: {tmp_path / audit}: {why}",
+    ]
     assert not to.exists() and not to.with_name("out.parquet.tmp").exists()
