@@ -95,7 +95,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(settings_error(exc, name), file=sys.stderr)
         return 2
     # The repository is checked only once the quick checks pass: it opens every model.
-    problems = startup_problems(settings, name) or check(settings.models, settings.views_path)
+    problems = startup_problems(settings, name) or check(
+        settings.models, settings.views_path, named=settings.views is not None
+    )
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
@@ -114,12 +116,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_gateway(settings)
 
 
-def check(models: Path, views_path: Path) -> list[str]:
-    """The problems `serve` would stop at in the repository and its feature views."""
+def check(models: Path, views_path: Path, *, named: bool) -> list[str]:
+    """The problems `serve` would stop at in the repository and its feature views; `named`:
+    the views file was named by --views, so it must be there (only the default may be absent,
+    for models that read no features)."""
     from feature_store.errors import ViewConfigError
     from feature_store.views import declared_views
     from service.repository.loader import check_repository
 
+    if named and not views_path.exists():
+        return [f"--views: {views_path}: no such file"]
     try:
         views = declared_views(views_path)
     except ViewConfigError as exc:
@@ -129,7 +135,7 @@ def check(models: Path, views_path: Path) -> list[str]:
 
 def cmd_models_check(args: argparse.Namespace) -> int:
     views = args.views or args.path / "feature_views.yaml"
-    problems = check(args.path, views)
+    problems = check(args.path, views, named=args.views is not None)
     for line in problems:
         print(line, file=sys.stderr)
     if not problems:

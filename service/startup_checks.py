@@ -13,11 +13,9 @@ from service.tokens import Tokens
 
 
 def startup_problems(settings: Settings, flag: Callable[[str], str]) -> list[str]:
-    """Every problem of `settings`' views file, audit URL, routing file and token file; `flag`
+    """Every problem of `settings`' audit URL, routing file and token file; `flag`
     names the setting a problem is in (`--audit (MLGATE_AUDIT)`)."""
     checks: list[tuple[str, Callable[[], object]]] = [
-        # Named, the views file must be there: only the default may be absent (no views).
-        ("views", lambda: settings.views and settings.views.stat()),
         ("audit", lambda: check_url(settings.audit)),
         ("routing", lambda: settings.routing and read_routing_file(settings.routing)),
         ("admin_token_file", lambda: Tokens.load(settings)),

@@ -84,7 +84,7 @@ CASES = [
         "views-missing",
         lambda d: ["--views", str(d / "views.yaml")],
         {},
-        ["--views (MLGATE_VIEWS)", "No such file or directory", "views.yaml"],
+        ["--views: ", "views.yaml: no such file"],
     ),
     ("port-range", lambda d: ["--port", "70000"], {}, ["--port (MLGATE_PORT)", "65535"]),
     (
@@ -126,3 +126,8 @@ def test_models_check_refuses_the_repository_serve_refuses(tmp_path: Path) -> No
     assert checked.stdout == ""
     assert checked.stderr == served.stderr
     assert "inputs[0].features.views[0]: unknown feature view 'txn_stats'" in checked.stderr
+    named = mlgate("models", "check", repository, "--views", str(tmp_path / "views.yaml"))
+    assert (named.returncode, named.stderr) == (
+        1,
+        f"--views: {tmp_path / 'views.yaml'}: no such file\n",
+    )
