@@ -3,17 +3,28 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make demo` installs the runtime alone; `make test` adds the dev and bench extras to the same
+# venv. Each has its own stamp, so neither one's install stands in for the other's.
+DEMO_STAMP := $(VENV)/.installed-runtime
+TEST_EXTRAS := [dev,bench]
 # pytriton (a tritonserver for the Triton backend's tests) pins its own numpy: a venv of its own.
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
 .PHONY: demo test lint typecheck unit bench models redis-server triton-venv clean
 
-$(STAMP): pyproject.toml
+define install
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,bench]'
-	touch $(STAMP)
+	$(BIN)/pip install -q -e '.$(1)'
+	touch $@
+endef
+
+$(STAMP): pyproject.toml
+	$(call install,$(TEST_EXTRAS))
+
+$(DEMO_STAMP): pyproject.toml
+	$(call install,)
 
 $(TRITON_STAMP): tests/triton_support/requirements.txt
 	test -x $(TRITON_VENV)/bin/python || $(PY) -m venv $(TRITON_VENV)
@@ -22,7 +33,8 @@ $(TRITON_STAMP): tests/triton_support/requirements.txt
 
 triton-venv: $(TRITON_STAMP)
 
-demo: $(STAMP)
+# MLGATE_PORT (and every other MLGATE_* setting) picks the port: MLGATE_PORT=8080 make demo
+demo: $(DEMO_STAMP)
 	$(BIN)/mlgate serve
 
 # redis-cli (redis-tools) forms the tests' Redis Cluster.

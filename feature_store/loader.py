@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from feature_store.errors import ViewConfigError
-from feature_store.store import OnlineStore, epoch_ms
+from feature_store.event_times import EventTimes
+from feature_store.store import EVENT_TIME_COLUMNS, OnlineStore, epoch_ms
 from feature_store.views import FeatureView
 
 SUFFIXES = (".csv", ".parquet")
@@ -36,60 +37,92 @@ async def load_file(
     *,
     entity_column: str | None = None,
     event_time_column: str | None = None,
+    event_time_unit: str | None = None,
     batch_rows: int = 10_000,
     progress: bool = True,
 ) -> int:
     """Load every row of a CSV or Parquet file into `view`; return the number of rows loaded.
 
     The file needs a column per feature of the view (other columns are ignored) and the entity
-    id column (default: the view's entity name). The event time column, if named, holds epoch
-    milliseconds or timestamps; without one every row gets the time the load started. A null
-    feature value is stored as that feature's default.
+    id column (default: the view's entity name). Event times come from `event_time_column`, else
+    from the first of EVENT_TIME_COLUMNS the file has (feature_store.event_times: epoch
+    numbers in `event_time_unit` or a unit their magnitude tells, or timestamps); without one
+    every row gets the time the load started. A null feature value is stored as that feature's
+    default. A bad value is refused with its row, counted from 1 after a CSV's header.
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     entity_column = entity_column or view.entity
     columns = [entity_column, *view.feature_names]
-    if event_time_column is not None:
-        columns.append(event_time_column)
     loaded_at = epoch_ms()
     loaded = 0
-    with (
-        _open(path, view, columns, batch_rows) as (batches, total),
-        tqdm(total=total, unit="rows", desc=view.name, disable=not progress) as bar,
-    ):
-        for table in _rebatch(batches, batch_rows):
-            entity_ids = _entity_ids(table.column(entity_column), path, entity_column)
-            event_time_ms: int | npt.NDArray[np.int64] = loaded_at
-            if event_time_column is not None:
-                times = table.column(event_time_column)
-                event_time_ms = _event_times(times, path, event_time_column)
-            await store.write(view, entity_ids, _values(table, view, path), event_time_ms)
-            loaded += table.num_rows
-            bar.update(table.num_rows)
+    with _open(path, view, columns, event_time_column, batch_rows) as (batches, total, found):
+        _require(path, view, [*columns, *filter(None, [event_time_column])], found)
+        time_column = event_time_column or next(
+            (name for name in EVENT_TIME_COLUMNS if name in found), None
+        )
+        times = (
+            None
+            if time_column is None
+            else EventTimes(path, time_column, event_time_unit, loaded_at)
+        )
+        with tqdm(total=total, unit="rows", desc=view.name, disable=not progress) as bar:
+            for table in _rebatch(batches(time_column), batch_rows):
+                first_row = loaded + 1
+                entity_ids = _entity_ids(table.column(entity_column), path, entity_column)
+                values = _values(table, view, path, first_row)
+                event_time_ms: int | npt.NDArray[np.int64] = loaded_at
+                if times is not None:
+                    event_time_ms = times.to_ms(table.column(times.column), first_row)
+                await store.write(view, entity_ids, values, event_time_ms)
+                loaded += table.num_rows
+                bar.update(table.num_rows)
     return loaded
+
+
+Batches = Callable[[str | None], Iterator[pa.RecordBatch]]
 
 
 @contextmanager
 def _open(
-    path: Path, view: FeatureView, columns: list[str], batch_rows: int
-) -> Iterator[tuple[Iterator[pa.RecordBatch], int | None]]:
-    """Record batches of `columns` of the file, and its row count when the format knows it."""
+    path: Path,
+    view: FeatureView,
+    columns: list[str],
+    event_time_column: str | None,
+    batch_rows: int,
+) -> Iterator[tuple[Batches, int | None, list[str]]]:
+    """The file's batches of `columns` and an event time column, its row count when the format
+    knows it, and the names of its columns."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        # Pinned types keep leading zeros in ids, and stop a float column whose first block
-        # happens to hold only integers from failing at its first decimal point later on.
-        types = dict.fromkeys(view.feature_names, _ARROW_TYPES[view.dtype])
-        types[columns[0]] = pa.string()
-        options = pacsv.ConvertOptions(column_types=types)
+        # Every column read as text and converted here, so that a bad value is reported with
+        # its row (Arrow's CSV conversion names no row), and no type guessed from a first block
+        # fails at the first different value later on.
+        times = [event_time_column] if event_time_column else list(EVENT_TIME_COLUMNS)
+        text = dict.fromkeys([*columns, *times], pa.string())
+        options = pacsv.ConvertOptions(column_types=text, strings_can_be_null=True)
         with pacsv.open_csv(path, convert_options=options) as reader:
-            _require(path, view, columns, reader.schema.names)
-            yield iter(reader), None
+
+            def csv_batches(time_column: str | None) -> Iterator[pa.RecordBatch]:
+                wanted = columns if time_column is None else [*columns, time_column]
+                try:
+                    for batch in reader:
+                        yield batch.select(wanted)
+                except pa.ArrowInvalid as exc:
+                    raise ViewConfigError(f"{path}: {exc}") from None
+
+            yield csv_batches, None, reader.schema.names
     elif suffix == ".parquet":
         with pq.ParquetFile(path) as parquet:
-            _require(path, view, columns, parquet.schema_arrow.names)
-            batches = parquet.iter_batches(batch_size=batch_rows, columns=columns)
-            yield batches, parquet.metadata.num_rows
+
+            def parquet_batches(time_column: str | None) -> Iterator[pa.RecordBatch]:
+                wanted = columns if time_column is None else [*columns, time_column]
+                batches: Iterator[pa.RecordBatch] = parquet.iter_batches(
+                    batch_size=batch_rows, columns=wanted
+                )
+                return batches
+
+            yield parquet_batches, parquet.metadata.num_rows, parquet.schema_arrow.names
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r}: use {' or '.join(SUFFIXES)}")
 
@@ -127,34 +160,33 @@ def _entity_ids(column: pa.ChunkedArray, path: Path, name: str) -> list[str]:
     return ids
 
 
-def _values(table: pa.Table, view: FeatureView, path: Path) -> npt.NDArray[Any]:
+def _values(table: pa.Table, view: FeatureView, path: Path, first_row: int) -> npt.NDArray[Any]:
     values = np.empty((table.num_rows, view.width), dtype=view.np_dtype)
     arrow_type = _ARROW_TYPES[view.dtype]
     for j, feature in enumerate(view.features):
+        column = table.column(feature.name)
         try:
-            column = pc.cast(table.column(feature.name), arrow_type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            typed = pc.cast(column, arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            i, value = _first_uncastable(column, arrow_type)
             raise ViewConfigError(
-                f"{path}: column {feature.name!r}: not {view.dtype} as view {view.name!r} "
-                f"declares: {exc}"
+                f"{path}: row {first_row + i}: column {feature.name!r}: value {value!r}: "
+                f"not {view.dtype} as view {view.name!r} declares"
             ) from None
-        filled = pc.fill_null(column, pa.scalar(feature.default, arrow_type))
+        filled = pc.fill_null(typed, pa.scalar(feature.default, arrow_type))
         values[:, j] = filled.to_numpy()
     return values
 
 
-def _event_times(column: pa.ChunkedArray, path: Path, name: str) -> npt.NDArray[np.int64]:
-    if column.null_count:
-        raise ViewConfigError(f"{path}: column {name!r}: {column.null_count} null event time(s)")
-    if pa.types.is_timestamp(column.type):
-        column = pc.cast(pc.cast(column, pa.timestamp("ms")), pa.int64())
-    elif not pa.types.is_integer(column.type):
-        raise ViewConfigError(
-            f"{path}: column {name!r}: event times must be epoch milliseconds or timestamps, "
-            f"got {column.type}"
-        )
-    times: npt.NDArray[np.int64] = column.to_numpy().astype(np.int64, copy=False)
-    return times
+def _first_uncastable(column: pa.ChunkedArray, arrow_type: pa.DataType) -> tuple[int, Any]:
+    """The index and value of the first value of `column` that will not cast to the type;
+    one at a time, so only on the way to an error."""
+    for i, value in enumerate(column.to_pylist()):
+        try:
+            pc.cast(pa.array([value], column.type), arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return i, value
+    raise AssertionError("the column cast as a whole failed, but every value casts")
 
 
 def synthetic_rows(

@@ -79,8 +79,25 @@ EARLIEST_EVENT_TIME_MS = 946_684_800_000
 MAX_AHEAD_MS = 86_400_000
 
 
+# Column names that hold event times by convention, looked for when a file loaded names none:
+# the push API's field, then the usual spellings.
+EVENT_TIME_COLUMNS = ("event_time_ms", "event_time", "event_timestamp")
+# Units of epoch numbers -> (multiplier, divisor) from a number in that unit to milliseconds.
+EVENT_TIME_UNITS: dict[str, tuple[int, int]] = {
+    "s": (1000, 1),
+    "ms": (1, 1),
+    "us": (1, 1000),
+    "ns": (1, 1_000_000),
+}
+
+
 class EventTimeOutOfRange(ValueError):
     """A write's event time lies outside the plausible window."""
+
+
+def event_time_window(now_ms: int) -> tuple[int, int]:
+    """The first and last event time, in ms, a write accepts at `now_ms`."""
+    return EARLIEST_EVENT_TIME_MS, now_ms + MAX_AHEAD_MS
 
 
 def check_event_times(event_time_ms: int | npt.NDArray[np.integer[Any]], now_ms: int) -> None:
@@ -90,7 +107,7 @@ def check_event_times(event_time_ms: int | npt.NDArray[np.integer[Any]], now_ms:
         return
     # Compared as Python ints: an int past int64 (from JSON) is out of range, not an overflow.
     low, high = int(times.min()), int(times.max())
-    latest = now_ms + MAX_AHEAD_MS
+    _, latest = event_time_window(now_ms)
     if low < EARLIEST_EVENT_TIME_MS or high > latest:
         bad = low if low < EARLIEST_EVENT_TIME_MS else high
         raise EventTimeOutOfRange(

@@ -129,3 +129,10 @@ def load_views(path: Path) -> dict[str, FeatureView]:
             raise ViewConfigError(f"{path}: views[{i}].name: duplicate view name {view.name!r}")
         views[view.name] = view
     return views
+
+
+def declared_views(path: Path) -> dict[str, FeatureView]:
+    """The views a gateway serves with: those of `path`, or none when there is no such file (a
+    repository whose models read no features). `serve` and `models check` both take these, so
+    a check passes exactly what serving accepts."""
+    return load_views(path) if path.exists() else {}

@@ -47,7 +47,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         epilog=_scenario_list(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ceiling.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    ceiling.add_argument(
+        "--protocol", choices=["http", "grpc"], default="http", help="the trivial server's protocol"
+    )
     _add_workload_args(ceiling, default_scenario="predict-8-zipf")
     _add_load_args(ceiling, default_concurrency=64)
     ceiling.set_defaults(func=cmd_ceiling, command_name="ceiling")
@@ -55,17 +57,22 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     seed = commands.add_parser("seed", help="load N synthetic entities of the demo feature views")
     seed.add_argument("--redis", required=True, help="redis://host:port/db")
     seed.add_argument("--n", type=int, default=100_000, help="entities u0 .. u{N-1}")
-    seed.add_argument("--views", type=Path, default=DEFAULT_VIEWS)
-    seed.add_argument("--seed", type=int, default=0)
+    seed.add_argument("--views", type=Path, default=DEFAULT_VIEWS, help="feature views YAML")
+    seed.add_argument("--seed", type=int, default=0, help="random seed of the values")
     seed.set_defaults(func=cmd_seed)
 
     floor = commands.add_parser(
         "floor", help="the in-process floor: Redis read + onnxruntime run + encode, no server"
     )
     floor.add_argument("--redis", required=True, help="a seeded redis://host:port/db")
-    floor.add_argument("--views", type=Path, default=DEFAULT_VIEWS)
-    floor.add_argument("--model", type=Path, default=Path("models/fraud_mlp/2/model.onnx"))
-    floor.add_argument("--samples", type=int, default=2000)
+    floor.add_argument("--views", type=Path, default=DEFAULT_VIEWS, help="feature views YAML")
+    floor.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/fraud_mlp/2/model.onnx"),
+        help="the ONNX model run",
+    )
+    floor.add_argument("--samples", type=int, default=2000, help="requests timed")
     floor.set_defaults(func=cmd_floor)
 
     suite = commands.add_parser(
@@ -78,10 +85,17 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     suite.add_argument("--repeats", type=int, default=3, help="runs per point; medians reported")
     suite.add_argument("--warmup", type=float, default=1.0, help="seconds, per scenario")
     suite.add_argument("--entities", type=int, default=100_000, help="entities to seed")
-    suite.add_argument("--models", type=Path, default=Path("models"))
-    suite.add_argument("--views", type=Path, default=DEFAULT_VIEWS)
-    suite.add_argument("--results-dir", type=Path, default=Path("loadtests/results"))
-    suite.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
+    suite.add_argument("--models", type=Path, default=Path("models"), help="model repository")
+    suite.add_argument("--views", type=Path, default=DEFAULT_VIEWS, help="feature views YAML")
+    suite.add_argument(
+        "--results-dir",
+        type=Path,
+        default=Path("loadtests/results"),
+        help="where the results JSON is written",
+    )
+    suite.add_argument(
+        "--docs", type=Path, default=Path("docs/benchmarks.md"), help="the page written"
+    )
     suite.add_argument(
         "--against",
         type=Path,
@@ -117,8 +131,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     instructions.set_defaults(func=cmd_instructions)
 
     render = commands.add_parser("render", help="regenerate docs/benchmarks.md from a results file")
-    render.add_argument("results", type=Path)
-    render.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
+    render.add_argument("results", type=Path, help="a results JSON of `bench suite`")
+    render.add_argument(
+        "--docs", type=Path, default=Path("docs/benchmarks.md"), help="the page written"
+    )
     render.set_defaults(func=cmd_render)
 
 
@@ -143,7 +159,12 @@ def _add_workload_args(
     parser: argparse.ArgumentParser, default_scenario: str = "predict-1"
 ) -> None:
     group = parser.add_argument_group("workload")
-    group.add_argument("--scenario", choices=sorted(SCENARIOS), default=default_scenario)
+    group.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default=default_scenario,
+        help="the request mix (below)",
+    )
     group.add_argument("--entities", type=int, help="rows per request (overrides the scenario)")
     group.add_argument("--keys", choices=["uniform", "zipf"], help="entity id distribution")
     group.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (hot keys)")
@@ -169,7 +190,7 @@ def _add_load_args(parser: argparse.ArgumentParser, default_concurrency: int = 8
     group.add_argument("--warmup", type=float, default=0.0, help="seconds of unrecorded load")
     group.add_argument("--procs", type=int, default=1, help="generator processes")
     group.add_argument("--client", choices=["raw", "httpx"], default="raw", help="HTTP client")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=int, default=0, help="random seed of the requests")
     group.add_argument("--json", metavar="PATH", help="write the result as JSON ('-': stdout)")
     parser.set_defaults(default_concurrency=default_concurrency)
 

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from service.audit.cli import parse_time
+from service.audit.cli import ROUTE_HELP, parse_time, route
 from service.audit.sinks import DEFAULT_AUDIT_URL
 
 
@@ -31,7 +31,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model whose records are replayed")
     p.add_argument("--candidate", required=True, metavar="VERSION", help="the version to test")
     p.add_argument(
         "--baseline", metavar="VERSION", help="compare with this version (default: as logged)"
@@ -45,9 +45,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--since", type=parse_time, help="epoch ms, ISO 8601 or an age (15m)")
     p.add_argument("--until", type=parse_time, help="same forms as --since; exclusive")
     p.add_argument("--limit", type=_positive, help="only the N most recent records of the window")
-    p.add_argument(
-        "--route", choices=["primary", "canary", "shadow"], help="only records of this route"
-    )
+    p.add_argument("--route", type=route, help=ROUTE_HELP)
     p.add_argument("--url", help="score through this gateway (http://host:port), not in-process")
     p.add_argument(
         "--models",
@@ -69,8 +67,21 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         type=_share,
         help="fail above this share of rows that change class (default: no limit)",
     )
-    p.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+    p.add_argument(
+        "--report",
+        type=Path,
+        help="write a self-contained HTML report here (needs matplotlib: the bench extra)",
+    )
     p.set_defaults(func=run_replay)
+
+
+def _has_matplotlib() -> bool:
+    """Asked before the replay runs, so a missing plotting library costs no re-scoring."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _share(text: str) -> float:
@@ -88,6 +99,13 @@ def _positive(text: str) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    if args.report is not None and not _has_matplotlib():
+        print(
+            "replay: --report draws with matplotlib, which is not installed: "
+            "pip install 'mlgate[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     # Imported here: onnxruntime, pyarrow and matplotlib take a while to load, and every
     # `mlgate` command builds this parser.
     from replay.report import write_report

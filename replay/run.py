@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from service.audit.reader import tail
+from service.audit.reader import AuditSourceError, tail
 from service.audit.record import AuditRecord
 from service.audit.sinks import DEFAULT_AUDIT_URL
 from service.backends.onnx import OnnxBackend
@@ -261,13 +261,16 @@ def _decode_response(reply: httpx.Response) -> dict[str, np.ndarray]:
 async def read_records(o: ReplayOptions) -> list[AuditRecord]:
     """The model's records to replay, oldest first."""
     kept: deque[AuditRecord] = deque(maxlen=o.limit)
-    async for r in tail(o.audit, model=o.model, follow=False, route=o.route):
-        if o.route is None and r.route == "shadow":
-            continue
-        if (o.since_ms is None or r.ts_ms >= o.since_ms) and (
-            o.until_ms is None or r.ts_ms < o.until_ms
-        ):
-            kept.append(r)
+    try:
+        async for r in tail(o.audit, model=o.model, follow=False, route=o.route):
+            if o.route is None and r.route == "shadow":
+                continue
+            if (o.since_ms is None or r.ts_ms >= o.since_ms) and (
+                o.until_ms is None or r.ts_ms < o.until_ms
+            ):
+                kept.append(r)
+    except AuditSourceError as exc:
+        raise ReplayError(f"no audit records of model {o.model!r}: {exc}") from None
     return list(kept)
 
 

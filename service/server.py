@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feature_store.loader import seed_synthetic
 from feature_store.open import open_store
-from feature_store.views import load_views
+from feature_store.views import declared_views
 from service.admin import install_admin
 from service.app import create_http_app
 from service.audit import open_audit
@@ -44,7 +44,7 @@ async def serving(
     reverse order of its making (the gRPC front first, the thread pool last). When `drain`
     begins, the gRPC health service says NOT_SERVING."""
     async with AsyncExitStack() as stack:
-        views = load_views(settings.views_path) if settings.views_path.exists() else {}
+        views = declared_views(settings.views_path)
         store = open_store(settings.feature_store)
         features = Features(store, views, coalesce=settings.coalesce_reads)
         stack.push_async_callback(features.close)

@@ -9,14 +9,17 @@ import os
 import re
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from service.audit.record import AuditRecord
 from service.audit.sinks import DEFAULT_AUDIT_URL
+from service.routing.config import route_name
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -32,7 +35,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     _add_source(tail)
     tail.add_argument("-f", "--follow", action="store_true", help="wait for new records")
     tail.add_argument("--version", help="only this model version")
-    tail.add_argument("--route", choices=["primary", "canary", "shadow"], help="only this route")
+    tail.add_argument("--route", type=route, help=ROUTE_HELP)
     tail.add_argument("--flag", help="only records carrying this guard flag")
     tail.add_argument(
         "-n", "--last", type=int, default=10, help="start with the last N matching (default 10)"
@@ -42,8 +45,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     export = commands.add_parser(
         "export",
-        help="export a model's records to Parquet through a consumer group (on every shard: "
-        "a run resumes each where the last stopped)",
+        help="export a model's records to Parquet, one column per field (features and their "
+        "statuses per view included): a run resumes where the last of its group stopped, on "
+        "every shard of a Redis audit log and in a file sink's files",
     )
     _add_source(export)
     export.add_argument("--since", type=parse_time, help="epoch ms, ISO 8601 or an age (15m)")
@@ -63,7 +67,17 @@ def _add_source(p: argparse.ArgumentParser) -> None:
         "or redis+cluster://host:port/0[?shards=N] (every shard is read, merged by time; "
         f"shards as the gateway's) (default: $MLGATE_AUDIT or {DEFAULT_AUDIT_URL})",
     )
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model whose records are read")
+
+
+ROUTE_HELP = "only this route: primary, canary, shadow, override or an A/B arm's name"
+
+
+def route(text: str) -> str:
+    try:
+        return route_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_time(text: str) -> int:
@@ -82,7 +96,7 @@ def run_tail(args: argparse.Namespace) -> int:
     # Imported here: the reader pulls in pyarrow, which `mlgate serve` has no use for.
     from service.audit.reader import tail
 
-    async def main() -> None:
+    async def main() -> int:
         async for r in tail(
             args.audit,
             model=args.model,
@@ -94,19 +108,19 @@ def run_tail(args: argparse.Namespace) -> int:
         ):
             sys.stdout.buffer.write(orjson.dumps(summary(r), default=_text) + b"\n")
             sys.stdout.flush()
+        return 0
 
     # Ctrl-C is how a follow ends.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        return _read("tail", main())
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    # Imported here: the reader pulls in pyarrow, which `mlgate serve` has no use for.
     from service.audit.reader import export
 
-    n = asyncio.run(
-        export(
+    async def main() -> int:
+        n = await export(
             args.audit,
             model=args.model,
             since_ms=args.since,
@@ -115,9 +129,22 @@ def run_export(args: argparse.Namespace) -> int:
             group=args.group,
             consumer=args.consumer,
         )
-    )
-    print(f"exported {n} records to {args.to}", file=sys.stderr)
-    return 0
+        print(f"exported {n} records to {args.to}", file=sys.stderr)
+        return 0
+
+    return _read("export", main())
+
+
+def _read(command: str, work: Coroutine[Any, Any, int]) -> int:
+    """Run a reader; an audit log that is not there or cannot be reached is one line, status 1."""
+    # Imported here: the reader pulls in pyarrow, which `mlgate serve` has no use for.
+    from service.audit.reader import AuditSourceError
+
+    try:
+        return asyncio.run(work)
+    except (AuditSourceError, RedisError, OSError) as exc:
+        print(f"audit {command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def summary(r: AuditRecord) -> dict[str, Any]:

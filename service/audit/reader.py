@@ -13,7 +13,12 @@ every new entry; it writes the rows whose ts_ms lies in [since_ms, until_ms) onc
 request_id, renames the file into place and only then XACKs every entry it read, in the
 window or not. So a second run with the same group exports 0 rows; a run that dies before the
 rename leaves its entries pending for the next run (at-least-once); use a new group to export
-history again.
+history again. A file sink keeps the same promise with a cursor file per model and group beside
+it (`<audit file>.export-<model>-<group>`: the file, by inode, and the offset read up to), moved
+on only after the rename; a cursor whose file was rotated away starts at the oldest file left.
+
+An export of a model the log holds nothing of, or of a file sink with no file, is an
+AuditSourceError: most often a typo, which an empty Parquet file would hide.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from redis.exceptions import ResponseError
 
+from feature_store.store import Status, display_url
 from service.audit.framing import iter_file, read_frames
-from service.audit.record import AuditRecord, decode_record
+from service.audit.record import AuditRecord, EncodedRecord, decode_record
 from service.audit.sinks.file import sink_files
 from service.audit.sinks.redis_stream import RECORD_FIELD, connect
 from service.audit.streams import parse
@@ -57,11 +64,21 @@ SCHEMA = pa.schema(
         ("entity_ids", pa.list_(pa.string())),
         ("flags", pa.list_(pa.string())),
         ("latency_us", pa.map_(pa.string(), pa.int64())),
-        # Numeric outputs flattened, for analysis without decoding; `record` has them exactly.
+        # Per view, a row of feature values and a status (fresh, stale, missing, defaulted)
+        # per entity, in entity_ids' order.
+        ("features", pa.map_(pa.string(), pa.list_(pa.list_(pa.float64())))),
+        ("feature_status", pa.map_(pa.string(), pa.list_(pa.string()))),
+        # Numeric tensors flattened, in C order, as float64.
+        ("inputs", pa.map_(pa.string(), pa.list_(pa.float64()))),
         ("outputs", pa.map_(pa.string(), pa.list_(pa.float64()))),
-        ("record", pa.binary()),
     ]
 )
+_STATUS_LABELS = [status.label for status in Status]
+
+
+class AuditSourceError(Exception):
+    """What an export or tail was pointed at holds nothing of the model: no audit file, or no
+    record or stream of the model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +123,45 @@ async def tail(
     then, with `follow`, every new one as it is written, until the caller stops iterating."""
     where = Filter(model, version, route, flag)
     path = file_path(url)
+    if path is not None and not follow and not sink_files(path):
+        raise AuditSourceError(f"{path}: no audit file")
     records = (
         _tail_file(path, where, follow, last)
         if path is not None
         else _tail_stream(url, where, follow, last)
     )
+    found = False
     async for r in records:
+        found = True
         yield r
+    if not found:
+        await _require_model(url, model)
+
+
+async def _require_model(url: str, model: str) -> None:
+    """AuditSourceError unless the log at `url` holds something of `model`."""
+    path = file_path(url)
+    if path is not None:
+        payloads = await asyncio.to_thread(lambda: list(_iter_files(path)))
+        if not any(EncodedRecord.from_payload(p).model == model for p in payloads):
+            raise _unknown_model(str(path), model)
+        return
+    streams = _Streams(url, model)
+    try:
+        if not await streams.any_exist():
+            raise _unknown_model(display_url(url), model, streams.keys)
+    finally:
+        await streams.close()
+
+
+def _unknown_model(where: str, model: str, keys: Iterable[str] = ()) -> AuditSourceError:
+    shown = f" ({', '.join(keys)})" if keys else ""
+    return AuditSourceError(f"{where}: no audit record of model {model!r}{shown}")
+
+
+def _iter_files(path: Path) -> Iterator[bytes]:
+    for p in sink_files(path):
+        yield from iter_file(p)
 
 
 Fields = dict[bytes, bytes]
@@ -159,6 +208,10 @@ class _Streams:
         if self.cluster and not entries:
             await asyncio.sleep(_FOLLOW_POLL_S)
         return entries
+
+    async def any_exist(self) -> bool:
+        found = await asyncio.gather(*(self.client.exists(key) for key in self.keys))
+        return any(found)
 
     async def create_group(self, key: str, group: str) -> None:
         try:
@@ -389,12 +442,12 @@ async def export(
     min_idle_ms: int = 60_000,
 ) -> int:
     """Write the model's records with since_ms <= ts_ms < until_ms to `to` (Parquet), once per
-    request id; returns the rows written. See the module docstring for the group semantics;
-    a file sink has no group: every run exports the whole window."""
+    request id; returns the rows written. See the module docstring for the group semantics,
+    which a file sink follows too."""
     window = _Window(since_ms, until_ms)
     path = file_path(url)
     if path is not None:
-        return await asyncio.to_thread(_export_file, path, model, window, to)
+        return await asyncio.to_thread(_export_file, path, model, window, to, group)
     return await _export_stream(
         url, model, window, to, group, consumer or socket.gethostname(), min_idle_ms
     )
@@ -424,11 +477,11 @@ class _ParquetRows:
         self._rows_per_group = rows_per_group
         self.written = 0
 
-    def add(self, stream_id: str | None, r: AuditRecord, payload: bytes) -> None:
+    def add(self, stream_id: str | None, r: AuditRecord) -> None:
         if r.request_id in self._seen:
             return
         self._seen.add(r.request_id)
-        self._rows.append(_row(stream_id, r, payload))
+        self._rows.append(_row(stream_id, r))
         if len(self._rows) >= self._rows_per_group:
             self._flush()
 
@@ -448,7 +501,7 @@ class _ParquetRows:
             self._rows = []
 
 
-def _row(stream_id: str | None, r: AuditRecord, payload: bytes) -> dict[str, Any]:
+def _row(stream_id: str | None, r: AuditRecord) -> dict[str, Any]:
     return {
         "stream_id": stream_id,
         "request_id": r.request_id,
@@ -460,32 +513,87 @@ def _row(stream_id: str | None, r: AuditRecord, payload: bytes) -> dict[str, Any
         "entity_ids": r.entity_ids,
         "flags": r.flags,
         "latency_us": list(r.latency_us.items()),
-        "outputs": [
-            (name, a.astype(np.float64).ravel().tolist())
-            for name, a in r.outputs.items()
-            if a.dtype.kind in "biuf"
+        "features": [
+            (view, values.astype(np.float64).tolist()) for view, (values, _) in r.features.items()
         ],
-        "record": payload,
+        "feature_status": [
+            (view, [_STATUS_LABELS[code] for code in status.tolist()])
+            for view, (_, status) in r.features.items()
+        ],
+        "inputs": _numeric(r.inputs),
+        "outputs": _numeric(r.outputs),
     }
 
 
-def _export_file(path: Path, model: str, window: _Window, to: Path) -> int:
+def _numeric(tensors: dict[str, np.ndarray]) -> list[tuple[str, list[float]]]:
+    """The numeric tensors flattened; BYTES tensors (entity ids) are in their own column."""
+    return [
+        (name, a.astype(np.float64).ravel().tolist())
+        for name, a in tensors.items()
+        if a.dtype.kind in "biuf"
+    ]
+
+
+def _export_file(path: Path, model: str, window: _Window, to: Path, group: str) -> int:
+    files = sink_files(path)
+    if not files:
+        raise AuditSourceError(f"{path}: no audit file")
+    cursor = _FileCursor(path.with_name(f"{path.name}.export-{model}-{group}"))
+    known = cursor.exists()
     rows = _ParquetRows(to)
     try:
-        for payload in _iter_files(path):
+        for payload in cursor.unread(files):
             r = decode_record(payload)
-            if r.model == model and r.ts_ms in window:
-                rows.add(None, r, payload)
+            if r.model == model:
+                known = True
+                if r.ts_ms in window:
+                    rows.add(None, r)
+        if not known:
+            raise _unknown_model(str(path), model)
     except BaseException:
         rows.abort()
         raise
     rows.close()
+    cursor.save()
     return rows.written
 
 
-def _iter_files(path: Path) -> Iterator[bytes]:
-    for p in sink_files(path):
-        yield from iter_file(p)
+class _FileCursor:
+    """How far an export group has read a file sink: a file, by inode (a rotation renames it,
+    the inode stays), and an offset in it; every file older than it is read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._at: tuple[int, int] | None = None
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def unread(self, files: list[Path]) -> Iterator[bytes]:
+        """The payloads after the cursor, oldest first; the cursor moves to their end, and is
+        kept by `save`."""
+        inode, offset = orjson.loads(self.path.read_bytes()) if self.exists() else (-1, 0)
+        inodes = [_inode(f) for f in files]
+        start = inodes.index(inode) if inode in inodes else 0
+        offset = offset if inode in inodes else 0
+        for f in files[start:]:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                while True:
+                    frames, offset = read_frames(fd, offset, _CHUNK)
+                    if not frames:
+                        break
+                    yield from frames
+                self._at = (os.fstat(fd).st_ino, offset)
+            finally:
+                os.close(fd)
+            offset = 0
+
+    def save(self) -> None:
+        if self._at is not None:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_bytes(orjson.dumps(self._at))
+            os.replace(tmp, self.path)
 
 
 async def _export_stream(
@@ -499,6 +607,9 @@ async def _export_stream(
 ) -> int:
     streams = _Streams(url, model)
     try:
+        # Before any group is made: making one makes its stream.
+        if not await streams.any_exist():
+            raise _unknown_model(display_url(url), model, streams.keys)
         sources = [
             await _group_entries(streams, key, group, consumer, min_idle_ms) for key in streams.keys
         ]
@@ -508,8 +619,7 @@ async def _export_stream(
             async for key, entry_id, fields in _merge(sources, _entry_id):
                 read[key].append(entry_id)
                 if fields and int(fields[b"ts_ms"]) in window:
-                    payload = fields[_RECORD]
-                    rows.add(entry_id.decode(), decode_record(payload), payload)
+                    rows.add(entry_id.decode(), decode_record(fields[_RECORD]))
         except BaseException:
             rows.abort()
             raise

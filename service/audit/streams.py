@@ -23,8 +23,10 @@ Retention rides along in the query string too: `?maxlen=100000` (per stream; def
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -35,6 +37,8 @@ from feature_store.redis_cluster_store import client_url
 DEFAULT_MAXLEN = 1_000_000
 DEFAULT_CLUSTER_SHARDS = 8
 MAX_SHARDS = 1024
+
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +71,11 @@ def parse(url: str) -> Target:
     kept: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query):
         if key == "maxlen":
-            maxlen = int(value) or None
+            maxlen = _number(int, url, key, value) or None
         elif key == "minid_age_s":
-            minid_age_s = float(value)
+            minid_age_s = _number(float, url, key, value)
         elif key == "shards":
-            shards = int(value)
+            shards = _number(int, url, key, value)
             if not 1 <= shards <= MAX_SHARDS:
                 raise ValueError(f"audit URL {url!r}: shards must be 1 to {MAX_SHARDS}")
         else:
@@ -83,6 +87,13 @@ def parse(url: str) -> Target:
         maxlen=maxlen,
         minid_age_s=minid_age_s,
     )
+
+
+def _number(kind: Callable[[str], N], url: str, key: str, value: str) -> N:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"audit URL {url!r}: {key}: not a number: {value!r}") from None
 
 
 def stream_key(model: str) -> str:

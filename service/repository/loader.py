@@ -17,8 +17,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from feature_store.errors import ViewConfigError
-from feature_store.views import load_views
 from service.backends.base import Backend
 from service.backends.onnx import CPU, OnnxBackend
 from service.backends.triton import TritonBackend
@@ -162,17 +160,17 @@ class Repository:
             self._owned_executor.shutdown(wait=False)
 
 
-def check_repository(root: Path, views_path: Path | None = None) -> list[str]:
+def check_repository(root: Path, views: Mapping[str, FeatureViewLike] | None = None) -> list[str]:
     """Every problem of the repository under `root`, one per line; [] when it can be served.
 
-    Feature bindings are checked against the views declared in `views_path` when given. Builds
-    a CPU session of each version, and reads the metadata of each version Triton serves, to
-    check its inputs and outputs against config.yaml but runs no inference.
+    Feature bindings are checked against `views` when given (`mlgate models check` and `serve`
+    both give `declared_views`). Builds a CPU session of each version, and reads the metadata
+    of each version Triton serves, to check its inputs and outputs against config.yaml but runs
+    no inference.
     """
     try:
         config_paths = _config_paths(root)
-        views = load_views(views_path) if views_path is not None else None
-    except (ConfigError, ViewConfigError) as exc:
+    except ConfigError as exc:
         return str(exc).splitlines()
     errors: list[str] = []
     with ThreadPoolExecutor(1) as executor:

@@ -40,6 +40,17 @@ _ARM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 HISTORY = 50
 
 
+def route_name(text: str) -> str:
+    """A route a record can carry (primary, canary, shadow, override or an arm's name), as a
+    command line names one; ValueError otherwise."""
+    if text in _RESERVED_ROUTES or _ARM_NAME.match(text):
+        return text
+    raise ValueError(
+        f"{text!r} is no route: {', '.join(sorted(_RESERVED_ROUTES))} or an A/B arm's name "
+        "(lower-case letters, digits and _)"
+    )
+
+
 class CanaryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
@@ -189,7 +200,12 @@ def read_routing_file(path: Path) -> dict[str, RoutingConfig]:
         try:
             sections[str(model)] = RoutingConfig.model_validate(section)
         except ValidationError as exc:
-            raise ValueError(f"{path}: {describe(exc, within=(str(model),))}") from None
+            # The file is the routing sections themselves, as config.yaml's `routing:` holds one.
+            hint = " (the file maps model names to routing sections: no top-level `routing:`)"
+            raise ValueError(
+                f"{path}: {describe(exc, within=(str(model),))}"
+                + (hint if model == "routing" else "")
+            ) from None
     return sections
 
 

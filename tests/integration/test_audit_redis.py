@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from service.audit import AuditLog, AuditRecord, decode_record, open_audit
-from service.audit.reader import export, tail
+from service.audit.reader import AuditSourceError, export, tail
 from service.audit.record import EncodedRecord
 from service.audit.sinks import RedisStreamSink
 from tests.conftest import RedisServer, start_redis
@@ -279,6 +279,19 @@ async def test_export_deduplicates_acks_and_a_second_run_exports_nothing_new(
     assert pq.read_table(second).num_rows == 0
     # Another group is another cursor: history again.
     assert await run(second, group="audit-2024") == 80
+
+
+async def test_export_and_tail_of_a_model_with_no_stream_are_errors_and_make_none(
+    redis_url: str, tmp_path: Path
+) -> None:
+    to = tmp_path / "out.parquet"
+    with pytest.raises(AuditSourceError, match="no audit record of model 'fraud_mlpp'"):
+        await export(redis_url, model="fraud_mlpp", since_ms=None, until_ms=None, to=to)
+    assert not to.exists()
+    with client(redis_url) as r:
+        assert r.exists("audit:fraud_mlpp") == 0
+    with pytest.raises(AuditSourceError, match="no audit record of model 'fraud_mlpp'"):
+        await anext(tail(redis_url, model="fraud_mlpp", follow=False))
 
 
 async def test_export_claims_what_a_dead_consumer_left_pending(

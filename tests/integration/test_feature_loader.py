@@ -136,7 +136,7 @@ async def test_missing_column_is_named_with_the_file_and_nothing_is_written(
 async def test_fractional_values_in_an_int64_view_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "counts.parquet"
     pq.write_table(pa.table({"user_id": ["a"], "n": [1.5]}), path)
-    with pytest.raises(ViewConfigError, match=rf"{path}: column 'n': not int64"):
+    with pytest.raises(ViewConfigError, match=rf"{path}: row 1: column 'n': value 1.5: not int64"):
         await load_file(MemoryStore(), INT_VIEW, path, progress=False)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import re
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +253,22 @@ def test_the_cli_exits_2_when_there_is_nothing_to_replay(
         main(["replay", "--model", "fraud_mlp", "--candidate", "2", "--audit", empty])
     assert exited.value.code == 2
     assert "no audit records of model 'fraud_mlp'" in capsys.readouterr().err
+
+
+def test_a_report_without_matplotlib_names_the_extra_before_replaying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None in sys.modules makes `import matplotlib` fail as on an install without the extra.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    report = tmp_path / "replay.html"
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", "--model", "fraud_mlp", "--candidate", "2", "--report", str(report)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "replay: --report draws with matplotlib, which is not installed: "
+        "pip install 'mlgate[bench]'\n"
+    )
+    assert not report.exists()
 
 
 # ---- from Redis, and through a gateway ----------------------------------------------

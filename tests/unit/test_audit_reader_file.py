@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -131,3 +132,104 @@ def test_times_parse_as_epoch_ms_iso_or_an_age() -> None:
     assert parse_time("2023-11-14T22:13:20+00:00") == 1_700_000_000_000
     with pytest.raises(argparse.ArgumentTypeError):
         parse_time("yesterday")
+
+
+def run_cli(*argv: str) -> int:
+    args = parser().parse_args(["audit", *argv])
+    code = args.func(args)
+    assert isinstance(code, int)
+    return code
+
+
+@pytest.mark.parametrize("route", ["override", "blue", "primary"])
+async def test_tail_route_takes_every_route_a_record_can_carry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], route: str
+) -> None:
+    path = tmp_path / "audit.log"
+    sink = FileSink(path)
+    routes = ["primary", "override", "blue", "canary"]
+    await write(sink, [make_record(i, route=routes[i % 4]) for i in range(8)])
+    await sink.close()
+    argv = ["tail", "--audit", f"file://{path}", "--model", "fraud_mlp", "--route", route]
+    assert await asyncio.to_thread(run_cli, *argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["route"] for line in lines] == [route, route]
+
+
+def test_tail_route_refuses_what_is_no_route(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["audit", "tail", "--model", "m", "--route", "Blue Arm"])
+    assert "'Blue Arm' is no route" in capsys.readouterr().err
+
+
+async def test_export_writes_features_statuses_and_tensors_as_columns(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    sink = FileSink(path)
+    record = make_record(3, rows=2)
+    values, _ = record.features["user_profile"]
+    record.features["user_profile"] = (values, np.array([0, 2], np.uint8))
+    await write(sink, [record])
+    await sink.close()
+    to = tmp_path / "x.parquet"
+    assert (
+        await export(f"file://{path}", model="fraud_mlp", since_ms=None, until_ms=None, to=to) == 1
+    )
+    row = pq.read_table(to).to_pylist()[0]
+    assert "record" not in row
+    features = dict(row["features"])
+    assert features["user_profile"] == values.astype(np.float64).tolist()
+    assert dict(row["feature_status"]) == {
+        "txn_stats": ["fresh", "fresh"],
+        "user_profile": ["fresh", "missing"],
+    }
+    assert (
+        dict(row["inputs"])["input"] == record.inputs["input"].astype(np.float64).ravel().tolist()
+    )
+    assert row["entity_ids"] == ["user:3", "user:4"]
+
+
+async def test_a_file_export_resumes_where_the_last_of_its_group_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    url = f"file://{path}"
+    # Small files: the second batch rotates the one the first export stopped in.
+    sink = FileSink(path, rotate_bytes=20_000)
+
+    async def run(name: str, group: str = "export") -> list[int]:
+        to = tmp_path / name
+        await export(url, model="fraud_mlp", since_ms=None, until_ms=None, to=to, group=group)
+        return [int(i[4:]) for i in pq.read_table(to).column("request_id").to_pylist()]
+
+    await write(sink, [make_record(i) for i in range(10)])
+    assert await run("1.parquet") == list(range(10))
+    await write(sink, [make_record(i) for i in range(10, 40)])
+    assert len(sink_files(path)) > 1
+    assert await run("2.parquet") == list(range(10, 40))
+    assert await run("3.parquet") == []
+    assert await run("4.parquet", group="history") == list(range(40))
+    await sink.close()
+
+
+@pytest.mark.parametrize(
+    ("audit", "model", "why"),
+    [
+        ("audit.log", "fraud_mlpp", "no audit record of model 'fraud_mlpp'"),
+        ("missing.log", "fraud_mlp", "no audit file"),
+    ],
+)
+async def test_export_and_tail_of_an_unknown_model_or_a_missing_file_fail_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], audit: str, model: str, why: str
+) -> None:
+    sink = FileSink(tmp_path / "audit.log")
+    await write(sink, [make_record(i) for i in range(3)])
+    await sink.close()
+    to = tmp_path / "out.parquet"
+    argv = ["--audit", f"file://{tmp_path / audit}", "--model", model]
+    assert await asyncio.to_thread(run_cli, "export", *argv, "--to", str(to)) == 1
+    assert await asyncio.to_thread(run_cli, "tail", *argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"audit export: {tmp_path / audit}: {why}",
+        f"audit tail: {tmp_path / audit}: {why}",
+    ]
+    assert not to.exists() and not to.with_name("out.parquet.tmp").exists()

@@ -30,6 +30,7 @@ RANKS = {
     "service.app": 4,
     "service.grpc_server": 4,
     "service.server": 5,
+    "service.startup_checks": 5,
     "replay": 5,
     "loadtests": 5,
     "models": 5,

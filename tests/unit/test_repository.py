@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from feature_store.views import declared_views
 from service.repository.checks import check_feature_bindings
 from service.repository.config import ConfigError, ModelConfig, read_config
 from service.repository.loader import Repository, check_repository
@@ -265,13 +266,14 @@ def test_feature_binding_errors_name_the_file_and_the_field(
 
 
 def test_the_committed_repository_fits_the_committed_feature_views() -> None:
-    assert check_repository(MODELS_DIR, MODELS_DIR / "feature_views.yaml") == []
+    assert check_repository(MODELS_DIR, declared_views(MODELS_DIR / "feature_views.yaml")) == []
 
 
-def test_an_unreadable_views_file_is_reported(repo: Path) -> None:
-    assert check_repository(repo, repo / "nope.yaml") == [
-        f"{repo / 'nope.yaml'}: cannot read: No such file or directory"
-    ]
+def test_without_a_views_file_bindings_to_views_are_problems(repo: Path) -> None:
+    problems = check_repository(repo, declared_views(repo / "nope.yaml"))
+    config = repo / "fraud_mlp" / "config.yaml"
+    unknown = "unknown feature view 'txn_stats'; known: none"
+    assert f"{config}: inputs[0].features.views[0]: {unknown}" in problems
 
 
 async def test_load_reports_the_problems_of_every_model_at_once(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.cli import build_parser, settings_error, settings_from_args
+from service.cli import build_parser, setting_names, settings_error, settings_from_args
 from service.settings import Settings
 
 
@@ -45,8 +45,10 @@ def test_batching_delay_comes_from_the_environment_and_the_flag_wins(
 def test_batching_delay_out_of_range_is_refused_with_its_name(value: str) -> None:
     with pytest.raises(ValidationError) as caught:
         serve("--batching-delay-us", value)
-    message = settings_error(caught.value)
-    assert "batching_delay_us" in message
+    message = settings_error(
+        caught.value, setting_names(build_parser().parse_args(["serve"]).options)
+    )
+    assert message.startswith("--batching-delay-us (MLGATE_BATCHING_DELAY_US): ")
     assert "than or equal to" in message
 
 
