@@ -36,8 +36,8 @@ from redis.exceptions import ResponseError
 from service.audit.framing import iter_file, read_frames
 from service.audit.record import AuditRecord, decode_record
 from service.audit.sinks.file import sink_files
-from service.audit.sinks.redis_stream import RECORD_FIELD, connect
-from service.audit.streams import parse
+from service.audit.sinks.redis_stream import connect
+from service.audit.streams import RECORD_FIELD, parse
 
 _CHUNK = 512
 _FOLLOW_POLL_S = 0.2
