@@ -20,7 +20,10 @@ replicas, or labels that come days later, audit to Redis.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -28,9 +31,13 @@ import msgpack
 import numpy as np
 from hiredis import pack_command
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
 
 from service.audit.record import EncodedRecord, Tensor, tensor_array, unpack
 from service.audit.streams import RECORD_FIELD, Target
+from service.protocol.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 # Routes whose records are not predictions a client can label.
 UNINDEXED_ROUTES = frozenset({"shadow", "feedback"})
@@ -146,6 +153,17 @@ class MemoryIndex:
         self._entries.clear()
 
 
+@asynccontextmanager
+async def _answering() -> AsyncIterator[None]:
+    """A Redis that cannot answer is a 503 for the label's sender; the details (hosts) go to
+    the log."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        log.warning("audit index: %s", exc)
+        raise Unavailable("the audit log cannot be read; retry later") from None
+
+
 class RedisIndex:
     """The id index and the streams of a Redis audit sink, read back."""
 
@@ -155,10 +173,15 @@ class RedisIndex:
 
     async def by_id(self, model: str, request_id: str) -> Recorded | None:
         key = index_key(self._target.key_for(model, request_id), request_id)
-        entry = cast(bytes | None, await self._client.get(key))
+        async with _answering():
+            entry = cast(bytes | None, await self._client.get(key))
         return None if entry is None else recorded(model, request_id, entry)
 
     async def near(self, model: str, entity: str, ts_ms: int, within_ms: int) -> Recorded | None:
+        async with _answering():
+            return await self._near(model, entity, ts_ms, within_ms)
+
+    async def _near(self, model: str, entity: str, ts_ms: int, within_ms: int) -> Recorded | None:
         low, high = max(0, ts_ms - within_ms), ts_ms + within_ms + WRITE_SLACK_MS
         best: tuple[int, int, dict[str, Any]] | None = None
         for stream in self._target.keys(model):
