@@ -11,7 +11,7 @@ TEST_EXTRAS := [dev,bench]
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench models redis-server triton-venv clean
+.PHONY: demo test lint typecheck unit bench models redis-server prometheus triton-venv clean
 
 define install
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,17 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null; \
 	  else echo "redis-server or redis-cli is missing: run 'sudo apt-get install redis-server redis-tools' and retry"; exit 1; fi; }
 
+# promtool checks and unit-tests the alert rules; the alerting test runs a real Prometheus.
+# Its service must not start on install: a policy-rc.d that refuses starts is put in place for
+# the install when the machine has none (Docker images ship one), and removed after.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    own=; [ -e /usr/sbin/policy-rc.d ] || { own=1; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    status=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
+	  else echo "prometheus or promtool is missing: run 'sudo apt-get install prometheus' and retry"; exit 1; fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,7 +62,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # MLGATE_REQUIRE_TRITON: the Triton tests fail rather than skip when the Triton venv is missing.
-test: $(STAMP) redis-server triton-venv lint typecheck
+test: $(STAMP) redis-server prometheus triton-venv lint typecheck
 	MLGATE_REQUIRE_TRITON=1 $(BIN)/pytest -q
 
 models: $(STAMP)

@@ -32,6 +32,7 @@ from service.audit.record import AuditRecord
 from service.audit.sinks import DEFAULT_AUDIT_URL
 from service.backends.onnx import OnnxBackend
 from service.guard import Guard
+from service.monitor.feedback import FEEDBACK_ROUTE
 from service.protocol.datatypes import v2_datatype
 from service.protocol.errors import GatewayError
 from service.protocol.json_codec import (
@@ -263,7 +264,8 @@ async def read_records(o: ReplayOptions) -> list[AuditRecord]:
     kept: deque[AuditRecord] = deque(maxlen=o.limit)
     try:
         async for r in tail(o.audit, model=o.model, follow=False, route=o.route):
-            if o.route is None and r.route == "shadow":
+            # Labels are no traffic; shadow copies only when asked for.
+            if r.route == FEEDBACK_ROUTE or (o.route is None and r.route == "shadow"):
                 continue
             if (o.since_ms is None or r.ts_ms >= o.since_ms) and (
                 o.until_ms is None or r.ts_ms < o.until_ms

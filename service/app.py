@@ -22,12 +22,19 @@ from service.openapi import openapi_with_inference_paths
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.request import RequestContext
 from service.protocol import json_codec
-from service.protocol.bodies import FeaturePushBody, PredictBody
+from service.protocol.bodies import FeaturePushBody, FeedbackBody, PredictBody
 from service.protocol.errors import GatewayError, InvalidInput, PayloadTooLarge
 from service.protocol.limits import Limits, header_count, header_milliseconds
 from service.routing.router import VERSION_HEADER
 from service.settings import Settings
-from service.tokens import FEATURES_WRITE, INFERENCE, Forbidden, Tokens, Unauthenticated
+from service.tokens import (
+    FEATURES_WRITE,
+    FEEDBACK,
+    INFERENCE,
+    Forbidden,
+    Tokens,
+    Unauthenticated,
+)
 from service.validation import describe
 
 log = logging.getLogger(__name__)
@@ -138,11 +145,11 @@ def requiring_inference_token(endpoint: Endpoint, tokens: Tokens, required: bool
     return checked
 
 
-def authorize_push(request: Request, tokens: Tokens) -> None:
-    """Feature writes need the features:write scope once any token is configured; with none
-    at all the push stays open, as the store-less demo needs."""
+def authorize_write(request: Request, tokens: Tokens, scope: str) -> None:
+    """Feature pushes and label feedback need their scope once any token is configured; with
+    none at all they stay open, as the store-less demo needs."""
     if tokens.configured:
-        tokens.check(request.headers.get("authorization"), FEATURES_WRITE)
+        tokens.check(request.headers.get("authorization"), scope)
 
 
 def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
@@ -308,13 +315,21 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
 
     @app.post("/v1/features/{view_name}")
     async def push_features(request: Request, view_name: str) -> Response:
-        authorize_push(request, tokens)
+        authorize_write(request, tokens, FEATURES_WRITE)
         features = pipeline(request).features
         view = features.view(view_name)
         body = FeaturePushBody.of(json_codec.loads(await read_body(request, limit)))
         ids, values = rows_to_matrix(view.entity, view.feature_names, view.np_dtype, body.rows)
         await features.push(view, ids, values, body.event_time_ms)
         return json_response({"view": view.name, "written": len(ids)})
+
+    # ---- label feedback ------------------------------------------------------------
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        authorize_write(request, tokens, FEEDBACK)
+        body = FeedbackBody.of(json_codec.loads(await read_body(request, limit)))
+        return json_response(await pipeline(request).feedback.submit(body))
 
     return app
 

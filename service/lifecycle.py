@@ -26,6 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from service import metrics
+from service.monitor.feedback import QualityGauges
+from service.monitor.quality import QualityConfig
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.served import Registry
 from service.protocol.errors import Conflict, GatewayError, InvalidInput, NotFound, Unprocessable
@@ -94,6 +96,7 @@ class Lifecycle:
         # model -> when this process took up its current policy (ms since the epoch).
         self._applied_ms: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._quality_gauges = QualityGauges()
 
     @classmethod
     async def start(
@@ -440,9 +443,13 @@ class Lifecycle:
             try:
                 await self._ship_counts()
                 for model, policy in self.router.policies().items():
-                    found = breach(policy, await self.window(model)) if _judged(policy) else None
-                    if found is not None:
-                        await self._roll_back(model, policy, found)
+                    quality = self._quality(model)
+                    if _judged(policy):
+                        found = breach(policy, await self.window(model), quality)
+                        if found is not None:
+                            await self._roll_back(model, policy, found)
+                    if quality is not None:
+                        await self._publish_quality(model, quality)
             except Exception:
                 if not failing:
                     log.exception("guarded rollout: rounds fail until the policy store answers")
@@ -452,10 +459,21 @@ class Lifecycle:
                     log.info("guarded rollout: rounds succeed again")
                 failing = False
 
+    def _quality(self, model: str) -> QualityConfig | None:
+        return self.registry.model(model).config.quality
+
+    async def _publish_quality(self, model: str, quality: QualityConfig) -> None:
+        keys = window_keys(model, quality.window_s, time.time())
+        window = slot_stats(await self.store.read_counts(keys))
+        self._quality_gauges.publish(model, quality.metric, window)
+
     async def _ship_counts(self) -> None:
         pending = self.router.tally.take()
         if pending:
-            longest = max(self.router.window_s(m) for m in self.models())
+            longest = max(
+                max(self.router.window_s(m), q.window_s if (q := self._quality(m)) else 0.0)
+                for m in self.models()
+            )
             await self.store.add_counts(pending, longest * (1 + 2 / WINDOW_BUCKETS))
 
     async def _roll_back(self, model: str, judged: ModelPolicy, found: Breach) -> None:

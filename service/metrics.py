@@ -195,13 +195,33 @@ CANARY_WEIGHT = Gauge(
 ROLLBACKS = Counter(
     "mlgate_rollbacks_total",
     "Canaries taken out of traffic by guarded rollout, by the threshold crossed "
-    "(error_rate, flag_rate, p99_ratio, disagreement).",
+    "(error_rate, flag_rate, p99_ratio, disagreement, quality).",
     ["model", "version", "reason"],
 )
 POLICY_CHANGES = Counter(
     "mlgate_policy_changes_total",
     "Routing policy and model lifecycle changes made by this process, by action.",
     ["model", "action"],
+)
+# Label feedback (service.monitor.feedback): labels by whether they found their prediction.
+FEEDBACK_LABELS = Counter(
+    "mlgate_feedback_labels_total",
+    "True labels received, by outcome: joined (to the recorded prediction), unmatched (no "
+    "prediction found: unknown request id, or none near the entity and time) or invalid.",
+    ["model", "version", "outcome"],
+)
+MODEL_QUALITY = Gauge(
+    "mlgate_model_quality",
+    "Realised quality of a version over its labels in the quality window (config.yaml "
+    "quality.window_s), every process's labels summed; metric accuracy, auc or mae.",
+    ["model", "version", "metric"],
+    multiprocess_mode="livemax",
+)
+MODEL_QUALITY_WINDOW_LABELS = Gauge(
+    "mlgate_model_quality_window_labels",
+    "Labels joined to a version's predictions in the quality window.",
+    ["model", "version"],
+    multiprocess_mode="livemax",
 )
 MODEL_LIFECYCLE = Counter(
     "mlgate_model_lifecycle_total",

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.protocol.bodies import FeaturePushBody, PredictBody
+from service.protocol.bodies import FeaturePushBody, FeedbackBody, PredictBody
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.protocol.json_codec import HEADER_LENGTH
 
@@ -104,6 +104,18 @@ PUSH_RESPONSE: Doc = {
     "type": "object",
     "required": ["view", "written"],
     "properties": {"view": {"type": "string"}, "written": {"type": "integer"}},
+}
+FEEDBACK_RESPONSE: Doc = {
+    "type": "object",
+    "required": ["model", "model_version", "request_id", "route", "joined", "label_delay_ms"],
+    "properties": {
+        "model": {"type": "string"},
+        "model_version": {"type": "string"},
+        "request_id": {"type": "string", "description": "the labelled prediction's"},
+        "route": {"type": "string"},
+        "joined": {"type": "integer", "description": "labels joined"},
+        "label_delay_ms": {"type": "integer", "description": "label arrival minus prediction"},
+    },
 }
 
 # Every failure answers {"error": ...} with one of these.
@@ -207,6 +219,8 @@ def add_inference_paths(doc: Doc) -> None:
             "PredictResponse": PREDICT_RESPONSE,
             "FeaturePushBody": _schema_of(FeaturePushBody),
             "FeaturePushResponse": PUSH_RESPONSE,
+            "FeedbackBody": _schema_of(FeedbackBody),
+            "FeedbackResponse": FEEDBACK_RESPONSE,
         }
     )
     components.setdefault("securitySchemes", {})[BEARER] = {"type": "http", "scheme": "bearer"}
@@ -217,6 +231,14 @@ def add_inference_paths(doc: Doc) -> None:
         "Write feature rows", "FeaturePushBody", "FeaturePushResponse", [], PUSH_FAILURES
     )
     push.update({**written, "parameters": push.get("parameters", [])})
+    labels = _operation(
+        "Join true labels to a recorded prediction",
+        "FeedbackBody",
+        "FeedbackResponse",
+        [],
+        {**PUSH_FAILURES, "409": "no audit log to join labels to"},
+    )
+    doc["paths"]["/v1/feedback"]["post"].update(labels)
 
 
 def openapi_with_inference_paths(app: FastAPI) -> Callable[[], Doc]:

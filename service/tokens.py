@@ -3,6 +3,9 @@
     inference       V2 infer, :predict, gRPC ModelInfer / ModelStreamInfer; asked for only
                     with --require-inference-token (MLGATE_REQUIRE_INFERENCE_TOKEN)
     features:write  POST /v1/features/{view}; open while no token at all is configured (the demo)
+    feedback        POST /v1/feedback (true labels); open while no token at all is configured.
+                    A scope of its own, not inference's: labels move quality gauges and can
+                    roll a canary back, and they come from other systems than predictions do
     admin           /admin/...; refused to everyone while no token is configured
 
 Tokens come from MLGATE_ADMIN_TOKEN (named "admin", scope admin) and --admin-token-file, one
@@ -27,8 +30,9 @@ from service.settings import Settings
 
 INFERENCE: Final = "inference"
 FEATURES_WRITE: Final = "features:write"
+FEEDBACK: Final = "feedback"
 ADMIN: Final = "admin"
-SCOPES: Final = (INFERENCE, FEATURES_WRITE, ADMIN)
+SCOPES: Final = (INFERENCE, FEATURES_WRITE, FEEDBACK, ADMIN)
 
 
 class Unauthenticated(Exception):

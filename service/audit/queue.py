@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from service.audit.index import PredictionIndex
 from service.audit.record import AuditRecord, EncodedRecord, nbytes_estimate
 from service.audit.sinks.base import Sink
 from service.audit.spill import SUFFIX, Spill
@@ -129,6 +130,11 @@ class AuditLog:
     @property
     def queue_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def index(self) -> PredictionIndex:
+        """Where the sink finds a written prediction again (label feedback)."""
+        return self._sink.index
 
     def submit(self, record: AuditRecord) -> None:
         """Queue `record` for the sink, or drop and count it; never blocks, never raises."""

@@ -43,8 +43,8 @@ from feature_store.store import Status, display_url
 from service.audit.framing import iter_file, read_frames
 from service.audit.record import AuditRecord, EncodedRecord, decode_record
 from service.audit.sinks.file import sink_files
-from service.audit.sinks.redis_stream import RECORD_FIELD, connect
-from service.audit.streams import parse
+from service.audit.sinks.redis_stream import connect
+from service.audit.streams import RECORD_FIELD, parse
 
 _CHUNK = 512
 _FOLLOW_POLL_S = 0.2

@@ -7,7 +7,7 @@ Layout (format 1): one msgpack map with short keys
     ent    entity ids or nil              feat   {view: [values, status]}
     in     {name: tensor}                 out    {name: tensor}
     flags  [str]                          lat    {stage: µs}
-    pair   primary request id or nil
+    pair   primary request id or nil (on a feedback record: the labelled prediction's)
 
 and every tensor a triple [dtype, shape, data]: dtype is numpy's `dtype.str` (byte order
 included, e.g. "<f4"), data the raw C-order bytes. Object arrays (V2 BYTES) carry
@@ -36,7 +36,7 @@ class AuditRecord:
     ts_ms: int
     model: str
     version: str
-    route: str  # "primary" | "canary" | "shadow"
+    route: str  # "primary" | "canary" | "shadow" | an A/B arm | "feedback" (true labels)
     entity_ids: list[str] | None
     features: dict[str, tuple[np.ndarray, np.ndarray]]  # view -> (values (n, w), status (n,))
     inputs: dict[str, np.ndarray]
@@ -73,7 +73,7 @@ class EncodedRecord:
 
     @classmethod
     def from_payload(cls, payload: bytes) -> EncodedRecord:
-        head = _unpack(payload)
+        head = unpack(payload)
         return cls(
             payload=payload,
             model=head["model"],
@@ -120,7 +120,7 @@ def encode_record(r: AuditRecord) -> bytes:
 
 
 def decode_record(b: bytes) -> AuditRecord:
-    d = _unpack(b)
+    d = unpack(b)
     return AuditRecord(
         request_id=d["id"],
         ts_ms=d["ts"],
@@ -128,16 +128,16 @@ def decode_record(b: bytes) -> AuditRecord:
         version=d["ver"],
         route=d["route"],
         entity_ids=d["ent"],
-        features={view: (_array(v), _array(s)) for view, (v, s) in d["feat"].items()},
-        inputs={k: _array(t) for k, t in d["in"].items()},
-        outputs={k: _array(t) for k, t in d["out"].items()},
+        features={view: (tensor_array(v), tensor_array(s)) for view, (v, s) in d["feat"].items()},
+        inputs={k: tensor_array(t) for k, t in d["in"].items()},
+        outputs={k: tensor_array(t) for k, t in d["out"].items()},
         flags=d["flags"],
         latency_us=d["lat"],
         paired_with=d["pair"],
     )
 
 
-def _unpack(b: bytes) -> dict[str, Any]:
+def unpack(b: bytes) -> dict[str, Any]:
     d = msgpack.unpackb(b, raw=False)
     if not isinstance(d, dict) or d.get("v") != FORMAT_VERSION:
         raise ValueError("not an audit record of format 1")
@@ -167,7 +167,7 @@ def _dtype_str(dtype: np.dtype[Any]) -> str:
     return dtype.str
 
 
-def _array(t: Tensor) -> np.ndarray:
+def tensor_array(t: Tensor) -> np.ndarray:
     dtype, shape, data = t
     if dtype == "|O":
         out = np.empty(len(data), dtype=object)

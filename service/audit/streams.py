@@ -17,7 +17,9 @@ record's shard is crc32(request id) mod N: an even spread, and a spilled record 
 the shard it was meant for.
 
 Retention rides along in the query string too: `?maxlen=100000` (per stream; default
-1,000,000, 0 for none) or `?minid_age_s=86400`.
+1,000,000, 0 for none) or `?minid_age_s=86400`; and `?index_ttl_s=` how long a prediction can
+be found by its request id for label feedback (service.audit.index; default two days, 0 for
+no id index).
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from feature_store.redis_cluster_store import SCHEMES as CLUSTER_SCHEMES
 from feature_store.redis_cluster_store import client_url
 
+# The field of a stream entry that holds the encoded record.
+RECORD_FIELD = "record"
 DEFAULT_MAXLEN = 1_000_000
+DEFAULT_INDEX_TTL_S = 2 * 86_400
 DEFAULT_CLUSTER_SHARDS = 8
 MAX_SHARDS = 1024
 
@@ -50,6 +55,7 @@ class Target:
     shards: int | None  # None: the one stream `audit:<model>`
     maxlen: int | None
     minid_age_s: float | None
+    index_ttl_s: int = DEFAULT_INDEX_TTL_S
 
     def keys(self, model: str) -> tuple[str, ...]:
         """Every stream that holds the model's records."""
@@ -67,6 +73,7 @@ def parse(url: str) -> Target:
     parts = urlsplit(client_url(url) if cluster else url)
     maxlen: int | None = DEFAULT_MAXLEN
     minid_age_s: float | None = None
+    index_ttl_s = DEFAULT_INDEX_TTL_S
     shards: int | None = DEFAULT_CLUSTER_SHARDS if cluster else None
     kept: list[tuple[str, str]] = []
     for key, value in parse_qsl(parts.query):
@@ -74,6 +81,10 @@ def parse(url: str) -> Target:
             maxlen = _number(int, url, key, value) or None
         elif key == "minid_age_s":
             minid_age_s = _number(float, url, key, value)
+        elif key == "index_ttl_s":
+            index_ttl_s = _number(int, url, key, value)
+            if index_ttl_s < 0:
+                raise ValueError(f"audit URL {url!r}: index_ttl_s must be 0 or more")
         elif key == "shards":
             shards = _number(int, url, key, value)
             if not 1 <= shards <= MAX_SHARDS:
@@ -86,6 +97,7 @@ def parse(url: str) -> Target:
         shards=shards,
         maxlen=maxlen,
         minid_age_s=minid_age_s,
+        index_ttl_s=index_ttl_s,
     )
 
 

@@ -15,6 +15,8 @@ import numpy as np
 from feature_store.store import ViewRows
 from service import __version__
 from service.audit import AuditLog
+from service.monitor.feedback import Feedback
+from service.monitor.quality import QualityConfig
 from service.pipeline import validate
 from service.pipeline.features import Features, apply_overrides, assemble
 from service.pipeline.guard import GuardStage
@@ -66,12 +68,17 @@ class Pipeline:
             size=shadow_queue_size,
             workers=shadow_concurrency,
         )
+        self.feedback = Feedback(audit, self.router, self._quality_of)
 
     async def close(self) -> None:
         """Stop shadow copies, then drain every batcher and close the versions. The features
         and the audit log belong to whoever made them."""
         await self.shadow.close()
         await self.registry.close()
+
+    def _quality_of(self, model: str) -> tuple[QualityConfig | None, str]:
+        config = self.registry.model(model).config
+        return config.quality, config.quality_output() if config.quality else config.outputs[0].name
 
     # ---- health and metadata -------------------------------------------------------
 

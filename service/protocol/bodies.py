@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from service.protocol.errors import InvalidInput
 from service.validation import describe
@@ -45,3 +45,28 @@ class FeaturePushBody(Body):
     rows: list[Any] = Field(min_length=1)
     # Milliseconds since the epoch; None: now.
     event_time_ms: StrictInt | None = None
+
+
+class FeedbackBody(Body):
+    """POST /v1/feedback: the true labels of one recorded prediction, found by its request id,
+    or by an entity and the time of its prediction (the closest within `within_ms`)."""
+
+    model: str = Field(min_length=1)
+    request_id: str | None = Field(default=None, min_length=1)
+    entity: str | None = Field(default=None, min_length=1)
+    # Milliseconds since the epoch.
+    ts_ms: StrictInt | None = None
+    within_ms: StrictInt = Field(default=5_000, ge=0, le=3_600_000)
+    # One per row of the prediction (per entity of a :predict); one for an entity's row.
+    labels: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Self:
+        by_entity = self.entity is not None or self.ts_ms is not None
+        if (self.request_id is None) == (not by_entity):
+            raise ValueError("give either request_id, or entity and ts_ms")
+        if by_entity and (self.entity is None or self.ts_ms is None):
+            raise ValueError("entity and ts_ms go together")
+        if by_entity and len(self.labels) != 1:
+            raise ValueError("an entity's row takes one label")
+        return self

@@ -24,6 +24,7 @@ from service.backends.onnx import OnnxOptions
 from service.backends.triton import TritonOptions
 from service.batching import BatchingConfig
 from service.guard import GuardConfig, guard_config_errors
+from service.monitor.quality import QualityConfig, one_wide
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.routing.config import RoutingConfig
 from service.validation import location, message
@@ -164,6 +165,37 @@ class ModelConfig(BaseModel):
     # Stable, canary, shadow and A/B arms (service.routing.config); absent: every request on the
     # default version.
     routing: RoutingConfig | None = None
+    # Realised quality from label feedback (service.monitor.quality); absent: labels are
+    # joined and recorded, and no quality is computed.
+    quality: QualityConfig | None = None
+
+    def quality_output(self) -> str:
+        """The output labels are scored against."""
+        assert self.quality is not None
+        return self.quality.output or self.outputs[0].name
+
+    @model_validator(mode="after")
+    def _quality_fits(self) -> Self:
+        quality = self.quality
+        rollback = self.routing.rollback if self.routing is not None else None
+        if quality is None:
+            if rollback is not None and rollback.max_quality_drop is not None:
+                raise ValueError("routing.rollback.max_quality_drop needs a quality section")
+            return self
+        specs = {spec.name: spec for spec in self.outputs}
+        spec = specs.get(self.quality_output())
+        if spec is None:
+            raise ValueError(
+                f"quality.output: no output '{quality.output}'; outputs: {', '.join(specs)}"
+            )
+        if V2_TO_NUMPY[spec.datatype].kind == "O":
+            raise ValueError(f"quality.output: '{spec.name}' is {spec.datatype}, not numbers")
+        if one_wide(quality.metric) and spec.dims[-1:] != [1]:
+            raise ValueError(
+                f"quality.metric {quality.metric} needs one value per row: output "
+                f"'{spec.name}' has dims {spec.dims}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_stable(self) -> Self:

@@ -10,7 +10,8 @@ The `routing` section of a model's config.yaml (and of `mlgate serve --routing F
       arms: {blue: {version: "1", weight: 0.2}}    # named A/B arms: weights over versions
       agreement_tolerance: 0.01                    # |primary - shadow| above this disagrees
       rollback: {window_s: 60, min_requests: 100, max_error_rate: 0.05, max_flag_rate: 0.1,
-                 max_p99_ratio: 2.0, max_disagreement: 0.2}
+                 max_p99_ratio: 2.0, max_disagreement: 0.2,
+                 max_quality_drop: 0.05, min_labels: 100}  # quality: needs a quality section
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ class RollbackConfig(BaseModel):
     max_flag_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     max_p99_ratio: float | None = Field(default=None, gt=0.0)
     max_disagreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    # The canary's realised quality (config.yaml's quality section) may be worse than the
+    # stable version's by at most this much, once each has min_labels labels joined in the
+    # window. Labels come late: the window counts them when they arrive.
+    max_quality_drop: float | None = Field(default=None, gt=0.0)
+    min_labels: int = Field(default=100, ge=1)
 
 
 class RoutingConfig(BaseModel):
@@ -150,7 +156,7 @@ class Rollback(BaseModel):
 
     at_ms: int
     version: str
-    reason: str  # error_rate | flag_rate | p99_ratio | disagreement
+    reason: str  # error_rate | flag_rate | p99_ratio | disagreement | quality
     detail: str
 
 

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.routing.config import SHADOW, ModelPolicy
+from service.monitor.quality import QualityConfig, QualityCounts, worse_by
+from service.routing.config import SHADOW, ModelPolicy, RollbackConfig
 
 # A window is this many buckets: counters older than the window fall out a bucket at a time.
 WINDOW_BUCKETS = 10
@@ -47,7 +48,8 @@ class Tally:
 
     {window key: {field: count}}; fields are `<slot>:<figure>`, figures n (requests), err,
     flag, l<i> (latency bucket i), cmp and dis (rows compared and disagreeing), diff (the sum
-    of their absolute differences).
+    of their absolute differences), and q<count> for the counts of joined labels
+    (service.monitor.quality).
     """
 
     def __init__(self) -> None:
@@ -101,6 +103,13 @@ class Tally:
         fields[f"{slot}:dis"] += disagreed
         fields[f"{slot}:diff"] += diff
 
+    def labels(
+        self, model: str, window_s: float, slot: str, counts: Mapping[str, float], now: float
+    ) -> None:
+        fields = self._fields(model, window_s, now)
+        for name, value in counts.items():
+            fields[f"{slot}:q{name}"] += value
+
     def take(self) -> dict[str, dict[str, float]]:
         pending = {key: dict(fields) for key, fields in self._pending.items() if fields}
         self._pending.clear()
@@ -118,6 +127,7 @@ class SlotStats:
     compared: int = 0
     disagreed: int = 0
     diff_sum: float = 0.0
+    quality: QualityCounts = field(default_factory=QualityCounts)
 
     @property
     def error_rate(self) -> float:
@@ -181,6 +191,8 @@ def slot_stats(counts: Mapping[str, float]) -> dict[str, SlotStats]:
             stats.disagreed += int(value)
         elif figure == "diff":
             stats.diff_sum += value
+        elif figure.startswith("q"):
+            stats.quality.add(figure[1:], value)
         elif figure.startswith("l") and figure[1:].isdigit():
             i = int(figure[1:])
             if i < len(stats.latency):
@@ -194,8 +206,11 @@ class Breach:
     detail: str
 
 
-def breach(policy: ModelPolicy, window: Mapping[str, SlotStats]) -> Breach | None:
-    """The first rollback threshold the canary crosses in `window`, if any."""
+def breach(
+    policy: ModelPolicy, window: Mapping[str, SlotStats], quality: QualityConfig | None = None
+) -> Breach | None:
+    """The first rollback threshold the canary crosses in `window`, if any; its realised
+    quality is judged when the model has a `quality` section."""
     routing = policy.routing
     limits, canary = routing.rollback, routing.canary
     if limits is None or canary is None or canary.weight == 0:
@@ -221,6 +236,12 @@ def breach(policy: ModelPolicy, window: Mapping[str, SlotStats]) -> Breach | Non
                     "p99_ratio",
                     f"p99 {ratio:.2f}x the stable version's > {limits.max_p99_ratio:g} {seen}",
                 )
+    if limits.max_quality_drop is not None and quality is not None and slot is not None:
+        found = _quality_breach(
+            quality.metric, window.get(slot), window.get(policy.primary_slot()), limits
+        )
+        if found is not None:
+            return found
     shadow = window.get(f"{SHADOW}/{canary.version}")
     if (
         limits.max_disagreement is not None
@@ -234,6 +255,30 @@ def breach(policy: ModelPolicy, window: Mapping[str, SlotStats]) -> Breach | Non
             f"over {shadow.compared} rows",
         )
     return None
+
+
+def _quality_breach(
+    metric: str, canary: SlotStats | None, stable: SlotStats | None, limits: RollbackConfig
+) -> Breach | None:
+    """The canary's realised quality against the stable version's, both over labels joined
+    in the window, each with at least min_labels of them."""
+    assert limits.max_quality_drop is not None
+    if canary is None or stable is None:
+        return None
+    ours, theirs = canary.quality, stable.quality
+    if min(ours.labels, theirs.labels) < limits.min_labels:
+        return None
+    mine, base = ours.value(metric), theirs.value(metric)
+    if mine is None or base is None:
+        return None
+    drop = worse_by(metric, mine, base)
+    if drop <= limits.max_quality_drop:
+        return None
+    return Breach(
+        "quality",
+        f"{metric} {mine:.4f} against the stable version's {base:.4f}: worse by {drop:.4f} > "
+        f"{limits.max_quality_drop:g} over {ours.labels} canary labels",
+    )
 
 
 def _p99_ratio(canary: SlotStats, stable: SlotStats, min_requests: int) -> float | None:

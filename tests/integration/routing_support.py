@@ -57,15 +57,17 @@ def add_model(
     name: str,
     routing: dict[str, Any] | None = None,
     extra: dict[str, bytes] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> Path:
-    """A copy of fraud_mlp (versions 1 and 2) named `name`, plus `extra` versions."""
+    """A copy of fraud_mlp (versions 1 and 2) named `name`, plus `extra` versions and
+    `sections` of config.yaml."""
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "feature_views.yaml").exists():
         shutil.copy(MODELS_DIR / "feature_views.yaml", root)
     directory = root / name
     shutil.copytree(MODELS_DIR / "fraud_mlp", directory)
     config = yaml.safe_load((directory / "config.yaml").read_text())
-    config.update(name=name)
+    config.update(name=name, **(sections or {}))
     config.pop("version_backends", None)
     config.pop("triton", None)
     if routing is not None:

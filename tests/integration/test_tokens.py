@@ -141,6 +141,26 @@ async def test_feature_push_is_open_when_no_token_is_configured(tmp_path: Path) 
         assert await call(client, ADMIN_GET, "anything") == 403
 
 
+async def test_label_feedback_needs_the_feedback_scope_once_any_token_is_configured(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(TOKEN_FILE + "labeller:tok-feedback:feedback\n")
+    body = {"model": "fraud_mlp", "request_id": "r1", "labels": [1]}
+
+    async def status(client: httpx.AsyncClient, token: str | None) -> int:
+        return (await client.post("/v1/feedback", json=body, headers=bearer(token))).status_code
+
+    async with gateway(tmp_path, admin_token_file=path, require_inference_token=True) as client:
+        got = {token: await status(client, token) for token in (None, "tok-inference", "tok-admin")}
+        # Past the token check; with no audit log (audit="none") there is nothing to join.
+        allowed = await client.post("/v1/feedback", json=body, headers=bearer("tok-feedback"))
+    assert got == {None: 401, "tok-inference": 403, "tok-admin": 403}
+    assert allowed.status_code == 409 and "audit log" in allowed.json()["error"]
+    async with gateway(tmp_path) as client:
+        assert await status(client, None) == 409
+
+
 async def test_the_single_admin_token_is_admin_only(tmp_path: Path) -> None:
     async with gateway(tmp_path, admin_token="tok-env") as client:
         assert await call(client, ADMIN_PATCH, "tok-env") == 200

@@ -22,6 +22,7 @@ RANKS = {
     "service.batching": 1,
     "service.guard": 1,
     "service.audit": 1,
+    "service.monitor": 1,
     "service.routing": 1,
     "service.repository": 1,
     "service.pipeline": 2,

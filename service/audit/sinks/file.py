@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from service.audit.framing import frame, valid_length
+from service.audit.index import MemoryIndex
 from service.audit.record import EncodedRecord
 
 
@@ -28,7 +29,8 @@ class FileSink:
     """Appends each batch with one write(); at `rotate_bytes` the file becomes `<path>.1`.
 
     Every append and rotation holds an flock on `<path>.lock`, so gateway workers that share
-    the path interleave whole batches and rotate once, not once each.
+    the path interleave whole batches and rotate once, not once each. What this process wrote
+    last is indexed in memory for label feedback (service.audit.index).
     """
 
     def __init__(self, path: Path, *, rotate_bytes: int = 64 << 20, keep: int = 5) -> None:
@@ -41,6 +43,7 @@ class FileSink:
         self._lock_fd = -1
         # One thread: appends stay in order and never stall the event loop on a slow disk.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-file")
+        self.index = MemoryIndex()
 
     def lane(self, e: EncodedRecord) -> str:
         return ""
@@ -48,6 +51,8 @@ class FileSink:
     async def write(self, batch: Sequence[EncodedRecord]) -> list[EncodedRecord]:
         data = frame(e.payload for e in batch)
         await asyncio.get_running_loop().run_in_executor(self._io, self._append, data)
+        for e in batch:
+            self.index.add(e)
         return []
 
     async def close(self) -> None:

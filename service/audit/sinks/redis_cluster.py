@@ -11,8 +11,9 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import RedisError
 
+from service.audit.index import RedisIndex
 from service.audit.record import EncodedRecord
-from service.audit.sinks.redis_stream import connect, send, trim, xadd
+from service.audit.sinks.redis_stream import commands, connect, send, trim
 from service.audit.streams import Target, parse
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class RedisClusterStreamSink:
         cluster = connect(target, timeout_s=None)
         assert isinstance(cluster, RedisCluster)
         self._cluster = cluster
+        self.index = RedisIndex(connect(target), target)
         self._started = False
         self._stale = False
 
@@ -63,7 +65,7 @@ class RedisClusterStreamSink:
                 continue
             records, xadds = by_node.setdefault(node, ([], []))
             records.append(e)
-            xadds.append(xadd(e, key, how))
+            xadds.extend(commands(e, key, how, self.target.index_ttl_s))
         results = await asyncio.gather(
             *(
                 self._send(node, b"".join(packed), len(packed))
@@ -81,6 +83,7 @@ class RedisClusterStreamSink:
         return failed
 
     async def close(self) -> None:
+        await self.index.close()
         await self._cluster.aclose()
 
     async def _slot_map(self) -> None:

@@ -13,10 +13,10 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.audit.index import RedisIndex, indexed, pack_index_set
 from service.audit.record import EncodedRecord
-from service.audit.streams import DEFAULT_MAXLEN, Target, parse
+from service.audit.streams import DEFAULT_INDEX_TTL_S, DEFAULT_MAXLEN, RECORD_FIELD, Target, parse
 
-RECORD_FIELD = "record"
 # A trimming argument of XADD: ("MAXLEN", "~", n), ("MINID", "~", id) or none.
 Trim = tuple[str | int, ...]
 
@@ -88,6 +88,14 @@ def xadd(e: EncodedRecord, key: str, trim: Trim) -> bytes:
     return packed
 
 
+def commands(e: EncodedRecord, key: str, trim: Trim, index_ttl_s: int) -> list[bytes]:
+    """The XADD of `e` to `key`, and the SET of its index entry (service.audit.index)."""
+    packed = [xadd(e, key, trim)]
+    if index_ttl_s and indexed(e):
+        packed.append(pack_index_set(e, key, index_ttl_s))
+    return packed
+
+
 class RedisStreamSink:
     """XADD to `audit:<model>` (or its shard with `shards`) with `MAXLEN ~ maxlen`, or
     `MINID ~ now - minid_age_s` if set.
@@ -109,10 +117,16 @@ class RedisStreamSink:
         maxlen: int | None = DEFAULT_MAXLEN,
         minid_age_s: float | None = None,
         shards: int | None = None,
+        index_ttl_s: int = DEFAULT_INDEX_TTL_S,
         timeout_s: float = 5.0,
     ) -> None:
         self.target = Target(
-            url=parse(url).url, cluster=False, shards=shards, maxlen=maxlen, minid_age_s=minid_age_s
+            url=parse(url).url,
+            cluster=False,
+            shards=shards,
+            maxlen=maxlen,
+            minid_age_s=minid_age_s,
+            index_ttl_s=index_ttl_s,
         )
         self.minid_age_s = minid_age_s
         self.timeout_s = timeout_s
@@ -120,11 +134,18 @@ class RedisStreamSink:
         client = connect(self.target, timeout_s=None)
         assert isinstance(client, Redis)
         self._redis = client
+        self.index = RedisIndex(connect(self.target), self.target)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStreamSink:
         t = parse(url)
-        return cls(t.url, maxlen=t.maxlen, minid_age_s=t.minid_age_s, shards=t.shards)
+        return cls(
+            t.url,
+            maxlen=t.maxlen,
+            minid_age_s=t.minid_age_s,
+            shards=t.shards,
+            index_ttl_s=t.index_ttl_s,
+        )
 
     def lane(self, e: EncodedRecord) -> str:
         return ""
@@ -132,14 +153,19 @@ class RedisStreamSink:
     async def write(self, batch: Sequence[EncodedRecord]) -> list[EncodedRecord]:
         t = self.target
         how = trim(t.maxlen, t.minid_age_s)
-        packed = b"".join([xadd(e, t.key_for(e.model, e.request_id), how) for e in batch])
+        packed = [
+            c
+            for e in batch
+            for c in commands(e, t.key_for(e.model, e.request_id), how, t.index_ttl_s)
+        ]
         pool = self._redis.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # untyped upstream
         try:
-            await send(conn, packed, len(batch), self.timeout_s)
+            await send(conn, b"".join(packed), len(packed), self.timeout_s)
         finally:
             await pool.release(conn)
         return []
 
     async def close(self) -> None:
+        await self.index.close()
         await self._redis.aclose()

@@ -1,0 +1,1 @@
+"""Model monitoring: drift against reference profiles and label feedback."""
