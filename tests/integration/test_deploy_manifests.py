@@ -21,7 +21,7 @@ from service.repository.config import read_config
 from service.routing.config import read_routing_file
 from service.settings import Settings
 from service.tokens import ADMIN, FEATURES_WRITE, Tokens
-from tests.conftest import MODELS_DIR, GatewayProcess, start_workers
+from tests.conftest import MODELS_DIR, GatewayProcess, start_gateway
 from tests.integration.deploy_support import (
     DEPLOY,
     DOCKERFILE,
@@ -249,8 +249,9 @@ def test_the_dockerfile_passes_hadolint() -> None:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    # Two workers, as the Deployment runs them: /metrics then sums the workers' files.
-    gw, _ = start_workers(tmp_path_factory.mktemp("deploy"))
+    # One process: the names exported do not depend on the workers (the metric's sum over
+    # two workers is tests/integration/test_inflight_metric.py's).
+    gw = start_gateway(tmp_path_factory.mktemp("deploy"), "--demo-entities", "100")
     try:
         yield gw
     finally:
