@@ -1,7 +1,7 @@
 """The image's entry command runs as a container of the image would run it, with no Docker engine:
 the Dockerfile's final-stage environment, user and entry command, from its working directory
 made read-only. What differs from a container is where things are (the image's paths mapped
-into a temporary root: the venv, /app, the volume), the ports (free ones, on loopback) and a
+into a temporary root: the venv, /app, the volume), the address (free ports on loopback) and a
 drain delay of 0, so that stopping takes no 5 s."""
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ class Container:
         # The tree under test, which the image installs into its venv; the home Docker gives
         # 65534 (nobody), where nothing may be written.
         env |= {"PYTHONPATH": str(REPO_ROOT), "HOME": "/nonexistent"}
+        # The copied interpreter's libpython, which its run path looks for at the original.
         env["LD_LIBRARY_PATH"] = str(self.venv_bin.parent.parent / "python" / "lib")
         env |= {"MLGATE_HOST": "127.0.0.1", "MLGATE_DRAIN_DELAY_S": "0"}
-        env["MLGATE_DEMO_ENTITIES"] = "100"
         return env | overrides
 
     def run(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
