@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service import __version__
+from service.metrics import in_flight
 from service.metrics_export import render_metrics
 from service.openapi import openapi_with_inference_paths
 from service.pipeline.pipeline import Pipeline
@@ -143,6 +144,17 @@ def requiring_inference_token(endpoint: Endpoint, tokens: Tokens, required: bool
         return await endpoint(request)
 
     return checked
+
+
+def counted_in_flight(name: str, endpoint: Endpoint) -> Endpoint:
+    """`endpoint`, counted in mlgate_inflight_requests{endpoint=name} while it runs."""
+    gauge = in_flight(name)
+
+    async def counted(request: Request) -> Response:
+        with gauge.track_inprogress():
+            return await endpoint(request)
+
+    return counted
 
 
 def authorize_write(request: Request, tokens: Tokens, scope: str) -> None:
@@ -272,13 +284,14 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
             headers={"x-request-id": result.request_id, VERSION_HEADER: result.version},
         )
 
-    def inference(endpoint: Endpoint) -> Endpoint:
-        return requiring_inference_token(endpoint, tokens, settings.require_inference_token)
+    def inference(name: str, endpoint: Endpoint) -> Endpoint:
+        checked = requiring_inference_token(endpoint, tokens, settings.require_inference_token)
+        return counted_in_flight(name, checked)
 
     for path in ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"):
-        app.add_route(path, inference(infer), methods=["POST"])
+        app.add_route(path, inference("infer", infer), methods=["POST"])
     for path in ("/v1/models/{model}:predict", "/v1/models/{model}/versions/{version}:predict"):
-        app.add_route(path, inference(predict), methods=["POST"])
+        app.add_route(path, inference("predict", predict), methods=["POST"])
 
     # ---- health, metadata and metrics ----------------------------------------------
 

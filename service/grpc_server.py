@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from service.metrics import in_flight
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.request import RequestContext
 from service.protocol.grpc_codec import (
@@ -109,10 +110,11 @@ class InferenceServicer:
 
     @unary
     async def ModelInfer(self, request: Message, context: ServicerContext) -> Message:
-        decoded = decode_infer_request(request, client_deadline(context), self.limits)
-        ctx = context_of("grpc_infer", request, decoded, self.limits)
-        result = await self.pipeline.infer(ctx, decoded)
-        return encode_infer_response(result, raw=decoded.binary_all_outputs)
+        with in_flight("grpc_infer").track_inprogress():
+            decoded = decode_infer_request(request, client_deadline(context), self.limits)
+            ctx = context_of("grpc_infer", request, decoded, self.limits)
+            result = await self.pipeline.infer(ctx, decoded)
+            return encode_infer_response(result, raw=decoded.binary_all_outputs)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Message], context: ServicerContext
@@ -146,9 +148,10 @@ class InferenceServicer:
     async def _stream_answer(self, request: Message, deadline: float | None) -> Message:
         decoded = None
         try:
-            decoded = decode_infer_request(request, deadline, self.limits)
-            ctx = context_of("grpc_stream", request, decoded, self.limits)
-            result = await self.pipeline.infer(ctx, decoded)
+            with in_flight("grpc_stream").track_inprogress():
+                decoded = decode_infer_request(request, deadline, self.limits)
+                ctx = context_of("grpc_stream", request, decoded, self.limits)
+                result = await self.pipeline.infer(ctx, decoded)
         except Exception as exc:
             # A refused id is not echoed: the client pairs answers by their order anyway.
             echoed = decoded.id if decoded is not None else None

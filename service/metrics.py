@@ -80,6 +80,15 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=BATCH_SIZE_BUCKETS,
 )
+# What the HorizontalPodAutoscaler scales on (deploy/): load per pod, whether requests wait in
+# a batcher, on the feature store, on Triton or for the event loop.
+INFLIGHT = Gauge(
+    "mlgate_inflight_requests",
+    "Inference requests (HTTP infer and predict, gRPC ModelInfer and each ModelStreamInfer"
+    " request) being handled, from the route's start to its answer; summed over workers.",
+    ["endpoint"],
+    multiprocess_mode="livesum",
+)
 QUEUE_DEPTH = Gauge(
     "mlgate_queue_depth",
     "Requests waiting in the batcher's queue.",
@@ -238,6 +247,11 @@ def request_children(
 ) -> tuple[CounterChild, HistogramChild]:
     labels = (model, version, endpoint, outcome)
     return REQUESTS.labels(*labels), REQUEST_LATENCY.labels(*labels)
+
+
+@lru_cache(maxsize=16)
+def in_flight(endpoint: str) -> Gauge:
+    return INFLIGHT.labels(endpoint)
 
 
 @lru_cache(maxsize=1024)
