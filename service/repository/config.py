@@ -24,6 +24,7 @@ from service.backends.onnx import OnnxOptions
 from service.backends.triton import TritonOptions
 from service.batching import BatchingConfig
 from service.guard import GuardConfig, guard_config_errors
+from service.monitor.config import MonitoringConfig
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.routing.config import RoutingConfig
 from service.validation import location, message
@@ -164,6 +165,8 @@ class ModelConfig(BaseModel):
     # Stable, canary, shadow and A/B arms (service.routing.config); absent: every request on the
     # default version.
     routing: RoutingConfig | None = None
+    # Drift monitoring of the versions that have a reference profile (service.monitor).
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
     def _one_stable(self) -> Self:

@@ -24,6 +24,7 @@ RANKS = {
     "service.audit": 1,
     "service.routing": 1,
     "service.repository": 1,
+    "service.monitor": 1,
     "service.pipeline": 2,
     "service.lifecycle": 3,
     "service.admin": 4,
