@@ -35,6 +35,7 @@ SERVE_FLAGS = (
     "batching",
     "batching_delay_us",
     "coalesce_reads",
+    "monitoring",
     "audit_spill_dir",
     "policy_store",
     "routing",
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--coalesce-reads",
         choices=["on", "off"],
         help="concurrent requests share one feature-store round trip (default on)",
+    )
+    serve.add_argument(
+        "--monitoring",
+        choices=["on", "off"],
+        help="drift monitoring of versions with a reference profile (default on)",
     )
     serve.add_argument(
         "--batching-delay-us",

@@ -10,12 +10,33 @@ columns: no Python loop runs per row or per column.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from service.monitor.profile import ColumnProfile
+
+class Where(Protocol):
+    @property
+    def tensor(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+
+class Binned(Protocol):
+    """A column's bins (service.monitor.profile's ColumnProfile)."""
+
+    @property
+    def column(self) -> Where: ...
+
+    @property
+    def edges(self) -> np.ndarray | None: ...
+
+    @property
+    def categories(self) -> np.ndarray | None: ...
+
+    @property
+    def bins(self) -> int: ...
 
 
 def _padded(rows: Sequence[np.ndarray]) -> np.ndarray:
@@ -30,7 +51,7 @@ class Binner:
     """Counts rows into the bins of a profile's columns; counts are one flat int64 array,
     column after column (`offsets` says where each starts)."""
 
-    def __init__(self, columns: Sequence[ColumnProfile]) -> None:
+    def __init__(self, columns: Sequence[Binned]) -> None:
         sizes = np.array([c.bins for c in columns], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.total = int(sizes.sum())
@@ -69,13 +90,12 @@ class Binner:
         if len(self._numeric):
             values = matrix[:, self._numeric]
             found = (values[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
-            bins[:, self._numeric] = np.where(
-                np.isnan(values), self._nan_bin[self._numeric], found
-            )
+            bins[:, self._numeric] = np.where(np.isnan(values), self._nan_bin[self._numeric], found)
         if len(self._categorical):
             values = matrix[:, self._categorical]
             equal = values[:, :, None] == self._categories[None, :, :]
-            found = np.where(equal.any(axis=2), equal.argmax(axis=2), self._past_bin[self._categorical])
+            past = self._past_bin[self._categorical]
+            found = np.where(equal.any(axis=2), equal.argmax(axis=2), past)
             bins[:, self._categorical] = np.where(
                 np.isnan(values), self._nan_bin[self._categorical], found
             )

@@ -18,6 +18,8 @@ from service.monitor.config import MonitoringConfig
 from service.monitor.profile import Column, Profile
 from service.monitor.stats import Thresholds, statistics
 
+Tensors = Mapping[str, np.ndarray]
+
 
 @dataclass(frozen=True, slots=True)
 class ColumnJudgement:
@@ -87,7 +89,7 @@ class VersionDrift:
         else:
             found += counts
 
-    def count_soon(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+    def count_soon(self, inputs: Tensors, outputs: Tensors) -> None:
         """Count a scored batch once the event loop has handed out its answers: a timer due now
         runs after the callbacks already queued, which resume the batch's requests."""
         tensors = {**inputs, **outputs}
@@ -120,8 +122,9 @@ class VersionDrift:
             self.profile.columns, self.references, per_column, thresholds, strict=True
         ):
             found = statistics(reference, current)
+            score = found[statistic]
             columns.append(
-                ColumnJudgement(c.column, found[statistic], limit[statistic], found["psi"], found["ks"])
+                ColumnJudgement(c.column, score, limit[statistic], found["psi"], found["ks"])
             )
         until = (through + 1) * self.config.sub_window_s
         self.judgement = Judgement(rows, until, level, columns, per_column)

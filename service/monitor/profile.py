@@ -20,12 +20,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from feature_store.views import FeatureView
 from service.monitor.bins import Binner
+
+if TYPE_CHECKING:
+    from service.repository.config import ModelConfig
 
 REFERENCE_FILE = "reference.json"
 FORMAT = 1
@@ -70,7 +73,8 @@ class ColumnProfile:
         if self.categories is not None:
             return [f"{c:g}" for c in self.categories] + ["other", "NaN"]
         assert self.edges is not None
-        inner = [f"[{a:.4g}, {b:.4g})" for a, b in zip(self.edges[:-1], self.edges[1:], strict=True)]
+        pairs = zip(self.edges[:-1], self.edges[1:], strict=True)
+        inner = [f"[{a:.4g}, {b:.4g})" for a, b in pairs]
         return [f"< {self.edges[0]:.4g}", *inner, f">= {self.edges[-1]:.4g}", "NaN"]
 
 
@@ -86,29 +90,40 @@ class Profile:
         return _document(self.model, self.version, self.rows, self.columns) | {"hash": self.hash}
 
 
-def monitored_columns(
-    inputs: list[tuple[str, list[int], Any]],
-    outputs: list[tuple[str, list[int]]],
-    views: Mapping[str, FeatureView],
-) -> list[Column]:
-    """Every column of a model's inputs and outputs, by name: (name, dims, feature binding or
-    None) per input and (name, dims) per output. A feature-built input's columns take their
-    features' names (`view.feature` where two views share a name); a one-column tensor its
-    own name; others `name[i]`. Tensors of a variable size are left out."""
+def model_columns(config: ModelConfig, views: Mapping[str, FeatureView]) -> list[Column]:
+    """Every monitored column of a model, by name. A feature-built input's columns take their
+    features' names (`view.feature` where two views share a name), a one-column tensor its own
+    name, others `name[i]`. Tensors of a variable size or of bytes are left out."""
     columns: list[Column] = []
-    for name, dims, binding in inputs:
-        if binding is not None:
-            names = [(view, f) for view in binding.views for f in views[view].feature_names]
+    for spec in config.inputs:
+        if spec.features is not None:
+            names = [(v, f) for v in spec.features.views for f in views[v].feature_names]
             bare = [f for _, f in names]
             columns += [
-                Column(f if bare.count(f) == 1 else f"{view}.{f}", "input", name, i)
-                for i, (view, f) in enumerate(names)
+                Column(f if bare.count(f) == 1 else f"{v}.{f}", "input", spec.name, i)
+                for i, (v, f) in enumerate(names)
             ]
-        else:
-            columns += _tensor_columns(name, dims, "input")
-    for name, dims in outputs:
-        columns += _tensor_columns(name, dims, "output")
+        elif spec.datatype != "BYTES":
+            columns += _tensor_columns(spec.name, row_dims(config, spec.dims), "input")
+    for out in config.outputs:
+        if out.datatype != "BYTES":
+            columns += _tensor_columns(out.name, row_dims(config, out.dims), "output")
     return columns
+
+
+def row_dims(config: ModelConfig, dims: list[int]) -> list[int]:
+    """A row's dims: without the batch dimension, which dims carry when the model does not
+    batch (Triton's max_batch_size 0)."""
+    return dims if config.max_batch_size > 0 else dims[1:]
+
+
+def tensor_widths(config: ModelConfig) -> dict[str, int]:
+    """Columns per row of each input and output of a fixed size."""
+    return {
+        spec.name: math.prod(row_dims(config, spec.dims))
+        for spec in [*config.inputs, *config.outputs]
+        if all(d > 0 for d in row_dims(config, spec.dims))
+    }
 
 
 def _tensor_columns(name: str, dims: list[int], kind: Kind) -> list[Column]:
@@ -153,9 +168,7 @@ def _counted(
     return ColumnProfile(column, edges, categories, Binner([shaped]).counts(data[:, None]))
 
 
-def _document(
-    model: str, version: str, rows: int, columns: list[ColumnProfile]
-) -> dict[str, Any]:
+def _document(model: str, version: str, rows: int, columns: list[ColumnProfile]) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "model": model,
@@ -202,7 +215,8 @@ def read_profile(path: Path) -> Profile:
         profile = _finish(str(doc["model"]), str(doc["version"]), int(doc["rows"]), columns)
         stated = doc.get("hash")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ProfileError(f"{path}: not a reference profile: {type(exc).__name__}: {exc}") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ProfileError(f"{path}: not a reference profile: {reason}") from None
     if doc.get("format") != FORMAT:
         raise ProfileError(f"{path}: format {doc.get('format')!r}; expected {FORMAT}")
     if stated != profile.hash:

@@ -41,20 +41,23 @@ def psi(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
     """PSI of histograms (counts in the last axis; leading axes broadcast)."""
     p = _smoothed(reference)
     q = _smoothed(current)
-    return np.sum((q - p) * np.log(q / p), axis=-1)
+    found: np.ndarray = np.sum((q - p) * np.log(q / p), axis=-1)
+    return found
 
 
 def ks(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
     """The largest gap between the cumulative histograms."""
     p = np.cumsum(reference, axis=-1) / np.sum(reference, axis=-1, keepdims=True)
     q = np.cumsum(current, axis=-1) / np.sum(current, axis=-1, keepdims=True)
-    return np.max(np.abs(q - p), axis=-1)
+    found: np.ndarray = np.max(np.abs(q - p), axis=-1)
+    return found
 
 
 def _smoothed(counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     k = counts.shape[-1]
-    return (counts + 0.5) / (np.sum(counts, axis=-1, keepdims=True) + 0.5 * k)
+    smoothed: np.ndarray = (counts + 0.5) / (np.sum(counts, axis=-1, keepdims=True) + 0.5 * k)
+    return smoothed
 
 
 def statistics(reference: np.ndarray, current: np.ndarray) -> dict[str, float]:
@@ -71,12 +74,14 @@ def simulated_sizes(n: int) -> tuple[int, int]:
     return (n, n) if below == n else (below, above)
 
 
-def _interpolated(n: int, below: tuple[int, float], above: tuple[int, float], power: float) -> float:
+def _interpolated(
+    n: int, below: tuple[int, float], above: tuple[int, float], power: float
+) -> float:
     (n0, t0), (n1, t1) = below, above
     if n0 == n1:
         return t0
     x, x0, x1 = n**-power, n0**-power, n1**-power
-    return t0 + (t1 - t0) * (x - x0) / (x1 - x0)
+    return float(t0 + (t1 - t0) * (x - x0) / (x1 - x0))
 
 
 def draws_for(level: float) -> int:
@@ -124,10 +129,7 @@ class Thresholds:
         below, above = simulated_sizes(n)
         low, high = self._simulated(below, level), self._simulated(above, level)
         return [
-            {
-                s: _interpolated(n, (below, lo[s]), (above, hi[s]), _SCALE[s])
-                for s in STATISTICS
-            }
+            {s: _interpolated(n, (below, lo[s]), (above, hi[s]), _SCALE[s]) for s in STATISTICS}
             for lo, hi in zip(low, high, strict=True)
         ]
 

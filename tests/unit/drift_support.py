@@ -18,12 +18,11 @@ def columns(features: int = FEATURES) -> list[Column]:
     return [Column(f"x{i}", "input", "x", i) for i in range(features)]
 
 
-def normal_profile(
-    seed: int = 0, features: int = FEATURES, rows: int = REFERENCE_ROWS
-) -> Profile:
+def normal_profile(seed: int = 0, features: int = FEATURES, rows: int = REFERENCE_ROWS) -> Profile:
     rng = np.random.default_rng(seed)
     data = rng.standard_normal((rows, features))
-    return build_profile("m", "1", columns(features), {f"x{i}": data[:, i] for i in range(features)})
+    values = {f"x{i}": data[:, i] for i in range(features)}
+    return build_profile("m", "1", columns(features), values)
 
 
 def drift_of(profile: Profile, **config: object) -> VersionDrift:
