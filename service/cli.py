@@ -247,10 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     from loadtests.cli import add_commands as add_bench_commands
     from replay.cli import add_commands as add_replay_commands
     from service.audit.cli import add_commands as add_audit_commands
+    from service.monitor.cli import add_commands as add_monitor_commands
 
     add_bench_commands(sub)
     add_audit_commands(sub)
     add_replay_commands(sub)
+    add_monitor_commands(sub)
     return parser
 
 

@@ -4,8 +4,10 @@ A profile lives beside its version, `<model>/<version>/reference.json`, and is l
 Each column is a model input feature or an output, named as the model's config names it (a
 feature-built input by its views' feature names), and is one of:
 
-    numeric      edges e0 < e1 < ... < em: bin 0 below e0, bin i in [e(i-1), e(i)),
-                 bin m+1 from em up (em lies just above the reference's maximum), bin m+2 NaN
+    numeric      edges e0 < e1 < ... < em (the reference's quantiles, e0 its minimum and em its
+                 maximum, to 7 significant digits so the last bits of a machine's arithmetic
+                 never change a profile): bin 0 below e0, bin i in [e(i-1), e(i)), bin m+1
+                 from em up, bin m+2 NaN
     categorical  up to TOP_K values: bin i the i-th value, then "other", then NaN
 
 The hash is SHA-256 over the canonical JSON of everything else: metrics and the admin route
@@ -155,9 +157,19 @@ def _column_profile(column: Column, data: np.ndarray) -> ColumnProfile:
         top = np.sort(distinct[np.argsort(-freq, kind="stable")[:TOP_K]])
         return _counted(column, None, top, data)
     quantiles = np.quantile(finite, np.linspace(0.0, 1.0, QUANTILE_BINS + 1))
-    # The top edge just above the maximum, so the maximum itself falls in the last inner bin.
-    quantiles[-1] = np.nextafter(quantiles[-1], np.inf)
-    return _counted(column, np.unique(quantiles), None, data)
+    edges = np.unique([float(f"{q:.7g}") for q in quantiles])
+    return _counted(column, edges, None, data)
+
+
+def column_values(
+    columns: list[Column], tensors: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Each column's values (float64) out of the batch of tensors holding them."""
+    found = {}
+    for c in columns:
+        tensor = np.asarray(tensors[c.tensor])
+        found[c.name] = tensor.reshape(len(tensor), -1)[:, c.index].astype(np.float64)
+    return found
 
 
 def _counted(
