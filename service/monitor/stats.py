@@ -19,17 +19,19 @@ The level is the family-wise alpha divided by the number of columns tested (Bonf
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 STATISTICS = ("psi", "ks")
 # Draws strictly beyond a threshold, plus one: the quantile is the EXCEEDANCES-th largest draw.
-EXCEEDANCES = 4
+EXCEEDANCES = 16
 MAX_DRAWS = 60_000
-# Draws are simulated a chunk at a time (a few milliseconds each), which keeps their memory
-# small and lets the thread that simulates give the GIL back often.
-_CHUNK = 1024
+# Draws are simulated a chunk at a time (about a millisecond each), which keeps their memory
+# small; the simulating thread hands the GIL back between chunks, so the event loop never
+# waits on a whole simulation.
+_CHUNK = 256
 # Window sizes up to here are simulated exactly. Above, thresholds are simulated at sizes of a
 # geometric grid 25% apart and interpolated between the two around the window's size: linearly
 # in 1/n for PSI and in 1/sqrt(n) for KS, the scales at which their null quantiles shrink.
@@ -106,6 +108,7 @@ def null_thresholds(
         cur = rng.multinomial(n, proportions, size=m)
         found["psi"].append(psi(ref, cur))
         found["ks"].append(ks(ref, cur))
+        time.sleep(0)
     return {
         s: float(np.partition(np.concatenate(v), draws - 1 - beyond)[draws - 1 - beyond])
         for s, v in found.items()
@@ -118,7 +121,8 @@ _SCALE = {"psi": 1.0, "ks": 0.5}
 
 @dataclass
 class Thresholds:
-    """Thresholds for one profile's columns, simulated once per (window size, level)."""
+    """Thresholds for one profile's columns, simulated once per (window size, level) and per
+    distinct reference histogram: quantile bins give most numeric columns the same one."""
 
     references: list[np.ndarray]
     seed: int
@@ -137,6 +141,10 @@ class Thresholds:
         found = self._cache.get((n, level))
         if found is None:
             rng = np.random.default_rng([self.seed, n])
-            found = [null_thresholds(ref, n, level, rng) for ref in self.references]
+            distinct: dict[bytes, dict[str, float]] = {}
+            for ref in self.references:
+                if ref.tobytes() not in distinct:
+                    distinct[ref.tobytes()] = null_thresholds(ref, n, level, rng)
+            found = [distinct[ref.tobytes()] for ref in self.references]
             self._cache[(n, level)] = found
         return found

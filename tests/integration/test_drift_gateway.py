@@ -1,0 +1,235 @@
+"""Drift end to end: a live gateway serving the demo model with its reference profile, fed the
+demo population with one feature shifted by half its standard deviation."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from feature_store.loader import synthetic_rows
+from feature_store.views import load_views
+from models.build import FEATURE_VIEWS
+from service.monitor.profile import REFERENCE_FILE, read_profile
+from tests.conftest import MODELS_DIR, GatewayProcess, start_gateway
+
+TOKEN = "drift-tests-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+# The whole demo population, so that no window sees an entity twice.
+ENTITIES = 20_000
+SHIFTED = "amount_mean_24h"
+# Windows of 4 s judged every 2 s: a judged window holds a few thousand rows of this traffic.
+MONITORING = {"window_s": 4, "sub_windows": 2, "min_rows": 200}
+
+
+def population() -> tuple[list[str], np.ndarray]:
+    """The demo entities' feature names and rows, as the gateway's memory store seeds them."""
+    views = load_views(MODELS_DIR / "feature_views.yaml")
+    names = [f for v in FEATURE_VIEWS for f in views[v].feature_names]
+    rows = np.concatenate([synthetic_rows(views[v], ENTITIES, seed=0)[1] for v in FEATURE_VIEWS], 1)
+    return names, rows
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("drift") / "models"
+    root.mkdir()
+    shutil.copy(MODELS_DIR / "feature_views.yaml", root)
+    shutil.copytree(MODELS_DIR / "fraud_mlp", root / "fraud_mlp")
+    config_path = root / "fraud_mlp" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["monitoring"] = MONITORING
+    config_path.write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.fixture(scope="module")
+def gateway(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    gw = start_gateway(
+        tmp_path_factory.mktemp("drift-gw"),
+        "--models",
+        str(repo),
+        "--demo-entities",
+        str(ENTITIES),
+        env={"MLGATE_ADMIN_TOKEN": TOKEN},
+    )
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def drift_gauges(gw: GatewayProcess, name: str) -> dict[tuple[str, ...], float]:
+    text = httpx.get(f"{gw.url}/metrics").text
+    order = ("model", "version", "feature", "hash", "kind")
+    return {
+        tuple(s.labels[k] for k in order if k in s.labels): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def send_shifted(gw: GatewayProcess, seconds: float) -> None:
+    names, rows = population()
+    column = names.index(SHIFTED)
+    shifted = rows[:, column] + 0.5 * rows[:, column].std()
+    ids = [f"u{i}" for i in range(ENTITIES)]
+    deadline = time.monotonic() + seconds
+    start = 0
+    with httpx.Client(timeout=10) as client:
+        while time.monotonic() < deadline:
+            chunk = slice(start, start + 50)
+            body = {"entities": ids[chunk], "features": {SHIFTED: shifted[chunk].tolist()}}
+            reply = client.post(f"{gw.url}/v1/models/fraud_mlp:predict", json=body)
+            assert reply.status_code == 200, reply.text
+            start = (start + 50) % ENTITIES
+
+
+@pytest.fixture(scope="module")
+def alarmed(gateway: GatewayProcess) -> dict[tuple[str, ...], float]:
+    """The alarm gauges once the shifted feature's alarm is up (or after 60 s of traffic)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        send_shifted(gateway, 2.0)
+        alarms = drift_gauges(gateway, "mlgate_drift_alarm")
+        if alarms.get(("fraud_mlp", "2", SHIFTED, "input")) == 1:
+            return alarms
+    return drift_gauges(gateway, "mlgate_drift_alarm")
+
+
+def test_shifted_feature_alone_raises_its_input_alarm(
+    alarmed: dict[tuple[str, ...], float],
+) -> None:
+    inputs = {
+        labels[2]: v
+        for labels, v in alarmed.items()
+        if labels[:2] == ("fraud_mlp", "2") and labels[3] == "input"
+    }
+    assert len(inputs) == 32
+    assert {name for name, v in inputs.items() if v == 1} == {SHIFTED}
+
+
+def test_gauges_name_the_window_and_the_reference(
+    gateway: GatewayProcess, alarmed: dict[tuple[str, ...], float]
+) -> None:
+    rows = drift_gauges(gateway, "mlgate_drift_window_rows")
+    assert rows[("fraud_mlp", "2")] >= MONITORING["min_rows"]
+    info = drift_gauges(gateway, "mlgate_drift_reference_info")
+    hash_2 = read_profile(MODELS_DIR / "fraud_mlp" / "2" / REFERENCE_FILE).hash
+    assert info[("fraud_mlp", "2", hash_2)] == 1
+    scores = drift_gauges(gateway, "mlgate_drift_score")
+    thresholds = drift_gauges(gateway, "mlgate_drift_threshold")
+    key = ("fraud_mlp", "2", SHIFTED, "input")
+    assert scores[key] > thresholds[key] > 0
+
+
+def test_admin_drift_route_lists_the_shifted_feature_first(
+    gateway: GatewayProcess, alarmed: dict[tuple[str, ...], float]
+) -> None:
+    reply = httpx.get(f"{gateway.url}/admin/models/fraud_mlp/drift", headers=AUTH)
+    assert reply.status_code == 200, reply.text
+    versions = {v["version"]: v for v in reply.json()["versions"]}
+    top = versions["2"]["features"][0]
+    assert (top["feature"], top["kind"], top["alarm"]) == (SHIFTED, "input", True)
+    assert versions["2"]["window"]["rows"] >= MONITORING["min_rows"]
+    # Version 1 has a profile but no traffic: monitored, never judged.
+    assert versions["1"]["monitored"] is True and versions["1"]["window"] is None
+
+
+def test_admin_drift_route_needs_the_admin_token(gateway: GatewayProcess) -> None:
+    assert httpx.get(f"{gateway.url}/admin/models/fraud_mlp/drift").status_code == 401
+    reply = httpx.get(f"{gateway.url}/admin/models/nope/drift", headers=AUTH)
+    assert reply.status_code == 404 and "error" in reply.json()
+
+
+def test_report_over_the_audit_log_names_the_drifting_feature(
+    gateway: GatewayProcess, repo: Path, alarmed: dict[tuple[str, ...], float], tmp_path: Path
+) -> None:
+    audit = f"file://{gateway.log.parent}/audit-{gateway.port}.log"
+    out = tmp_path / "report.html"
+    done = subprocess.run(
+        [
+            *mlgate(),
+            "monitor",
+            "report",
+            "--audit",
+            audit,
+            "--model",
+            "fraud_mlp",
+            "--version",
+            "2",
+            "--models",
+            str(repo),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert SHIFTED in done.stdout
+    page = out.read_text()
+    assert f"<h3>{SHIFTED} (input)</h3>" in page and "<svg" in page
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+
+
+def test_reload_takes_up_a_new_reference_profile(
+    gateway: GatewayProcess, repo: Path, alarmed: dict[tuple[str, ...], float], tmp_path: Path
+) -> None:
+    """The shifted traffic becomes version 2's reference, built with the CLI from Parquet."""
+    names, rows = population()
+    rows[:, names.index(SHIFTED)] += 0.5 * rows[:, names.index(SHIFTED)].std()
+    data = tmp_path / "shifted.parquet"
+    pq.write_table(pa.table({n: rows[:, i] for i, n in enumerate(names)}), data)
+    done = subprocess.run(
+        [
+            *mlgate(),
+            "monitor",
+            "reference",
+            "--model",
+            "fraud_mlp",
+            "--version",
+            "2",
+            "--models",
+            str(repo),
+            "--data",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    new = read_profile(repo / "fraud_mlp" / "2" / REFERENCE_FILE).hash
+    reply = httpx.post(
+        f"{gateway.url}/admin/models/fraud_mlp/versions/2/reload", headers=AUTH, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        info = drift_gauges(gateway, "mlgate_drift_reference_info")
+        if info.get(("fraud_mlp", "2", new)) == 1:
+            break
+        time.sleep(0.3)
+    assert {h for (m, v, h), value in info.items() if (m, v) == ("fraud_mlp", "2") and value} == {
+        new
+    }
+    route = httpx.get(f"{gateway.url}/admin/models/fraud_mlp/drift", headers=AUTH).json()
+    assert {v["version"]: v for v in route["versions"]}["2"]["reference"]["hash"] == new
+
+
+def mlgate() -> list[str]:
+    return [str(Path(sys.executable).parent / "mlgate")]
