@@ -21,7 +21,9 @@ from service.monitor.drift import Judgement, VersionDrift
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
-# After a sub-window ends, how long its counts may take to arrive from every process.
+# After a sub-window ends, how long its counts may take to arrive from every process: at least
+# two ticks, at most MAX_GRACE_S. Counts a process hands on later (it was stalled that long)
+# land in Redis but miss the window already judged.
 GRACE_FRACTION = 0.25
 MAX_GRACE_S = 2.0
 
@@ -86,7 +88,7 @@ class DriftMonitor:
 
 def _due(v: VersionDrift, now: float) -> int | None:
     """The last sub-window of the window to judge now, if one is due."""
-    grace = min(MAX_GRACE_S, GRACE_FRACTION * v.config.sub_window_s)
+    grace = max(2 * TICK_S, min(MAX_GRACE_S, GRACE_FRACTION * v.config.sub_window_s))
     through = v.sub_window(now - grace) - 1
     if v.judged_through is not None and through <= v.judged_through:
         return None

@@ -134,10 +134,10 @@ class Repository:
             unprofiled = [v for v, mv in model.versions.items() if mv.reference is None]
             if unprofiled:
                 logger.info(
-                    "model %s: versions %s have no %s, so are not monitored for drift",
+                    "model %s: no %s for version(s) %s: not monitored for drift",
                     model.name,
-                    ", ".join(unprofiled),
                     REFERENCE_FILE,
+                    ", ".join(unprofiled),
                 )
             devices = sorted({v.backend.device for v in model.versions.values()})
             logger.info(
