@@ -55,6 +55,12 @@ def file_values(
 ) -> dict[str, np.ndarray]:
     """Each column's values from the file; outputs it lacks are scored by `model_file`."""
     data = read_file(path)
+    # Values as the model sees them: a CSV's decimal text of an FP32 value, read as float64,
+    # is not the FP32 value the gateway would count.
+    dtypes = {s.name: numpy_dtype(s.datatype) for s in [*config.inputs, *config.outputs]}
+    for c in columns:
+        if c.name in data:
+            data[c.name] = data[c.name].astype(dtypes[c.tensor]).astype(np.float64)
     inputs = [c for c in columns if c.kind == "input"]
     missing = [c.name for c in inputs if c.name not in data]
     if missing:

@@ -62,6 +62,8 @@ def gateway(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
         str(repo),
         "--demo-entities",
         str(ENTITIES),
+        "--watch-models",
+        "0.2",
         env={"MLGATE_ADMIN_TOKEN": TOKEN},
     )
     try:
@@ -186,14 +188,16 @@ def test_report_over_the_audit_log_names_the_drifting_feature(
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
 
 
-def test_reload_takes_up_a_new_reference_profile(
-    gateway: GatewayProcess, repo: Path, alarmed: dict[tuple[str, ...], float], tmp_path: Path
-) -> None:
-    """The shifted traffic becomes version 2's reference, built with the CLI from Parquet."""
+def shifted_population() -> dict[str, np.ndarray]:
+    """The demo population with SHIFTED moved by half its standard deviation, by column name."""
     names, rows = population()
-    rows[:, names.index(SHIFTED)] += 0.5 * rows[:, names.index(SHIFTED)].std()
-    data = tmp_path / "shifted.parquet"
-    pq.write_table(pa.table({n: rows[:, i] for i, n in enumerate(names)}), data)
+    column = rows[:, names.index(SHIFTED)]
+    rows[:, names.index(SHIFTED)] = column + 0.5 * column.std()
+    return {n: rows[:, i] for i, n in enumerate(names)}
+
+
+def build_reference(repo: Path, data: Path) -> str:
+    """`mlgate monitor reference` of fraud_mlp version 2 from `data`; the new profile's hash."""
     done = subprocess.run(
         [
             *mlgate(),
@@ -213,20 +217,29 @@ def test_reload_takes_up_a_new_reference_profile(
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    new = read_profile(repo / "fraud_mlp" / "2" / REFERENCE_FILE).hash
-    reply = httpx.post(
-        f"{gateway.url}/admin/models/fraud_mlp/versions/2/reload", headers=AUTH, timeout=30
-    )
-    assert reply.status_code == 200, reply.text
+    return read_profile(repo / "fraud_mlp" / "2" / REFERENCE_FILE).hash
+
+
+def current_references(gateway: GatewayProcess, until: str) -> set[str]:
+    """Version 2's reference hashes with an info gauge of 1, once `until` is one (or in 10 s)."""
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while True:
         info = drift_gauges(gateway, "mlgate_drift_reference_info")
-        if info.get(("fraud_mlp", "2", new)) == 1:
-            break
+        found = {h for (m, v, h), value in info.items() if (m, v) == ("fraud_mlp", "2") and value}
+        if until in found or time.monotonic() > deadline:
+            return found
         time.sleep(0.3)
-    assert {h for (m, v, h), value in info.items() if (m, v) == ("fraud_mlp", "2") and value} == {
-        new
-    }
+
+
+def test_reload_takes_up_a_new_reference_profile(
+    gateway: GatewayProcess, repo: Path, alarmed: dict[tuple[str, ...], float], tmp_path: Path
+) -> None:
+    """The shifted traffic becomes version 2's reference, built with the CLI from Parquet; the
+    repository watch reloads the version."""
+    data = tmp_path / "shifted.parquet"
+    pq.write_table(pa.table(shifted_population()), data)
+    new = build_reference(repo, data)
+    assert current_references(gateway, new) == {new}
     route = httpx.get(f"{gateway.url}/admin/models/fraud_mlp/drift", headers=AUTH).json()
     assert {v["version"]: v for v in route["versions"]}["2"]["reference"]["hash"] == new
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from feature_store.views import load_views
+from loadtests import drift_cost
 from service.monitor.bins import Binner
 from service.monitor.profile import (
     REFERENCE_FILE,
@@ -146,3 +147,12 @@ async def test_monitoring_switch_decides_whether_profiled_versions_count(
         await registry.close()
     finally:
         await repository.close()
+
+
+def test_counting_cost_benchmark_prints_a_line_per_batch_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    drift_cost.main(["--seconds", "0.01"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "rows/batch  µs/batch  ns/row/column"
+    assert [int(line.split()[0]) for line in lines[1:]] == list(drift_cost.BATCH_SIZES)
