@@ -36,6 +36,9 @@ REFERENCE = {
     "amount": np.random.default_rng(0).exponential(10.0, 5000),
     "level": np.random.default_rng(1).integers(0, 4, 5000).astype(np.float64),
 }
+PROFILE = build_profile("m", "1", COLUMNS, REFERENCE)
+# Values on an edge, where "at or below" and "below" part.
+ON_EDGES: list[float] = np.asarray(PROFILE.columns[0].edges).tolist()
 
 
 def row_by_row(profile_column: Any, value: float) -> int:
@@ -63,12 +66,14 @@ def test_numeric_column_gets_quantile_bins_and_few_values_make_a_categorical_one
         np.float64,
         st.tuples(st.integers(1, 40), st.just(2)),
         elements=st.one_of(
-            st.floats(-50, 200, allow_nan=False), st.sampled_from([np.nan, 0.0, 3.0, 7.0])
+            st.floats(-50, 200, allow_nan=False),
+            st.sampled_from([np.nan, 0.0, 3.0, 7.0, *ON_EDGES]),
         ),
     )
 )
 def test_batch_counts_equal_row_by_row_binning(rows: np.ndarray) -> None:
-    profile = build_profile("m", "1", COLUMNS, REFERENCE)
+    """Small batches (compared with every edge at once) and large ones (searchsorted)."""
+    profile = PROFILE
     binner = Binner(profile.columns)
     counted = binner.split(binner.counts(rows))
     for i, column in enumerate(profile.columns):
