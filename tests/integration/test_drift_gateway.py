@@ -161,28 +161,8 @@ def test_report_over_the_audit_log_names_the_drifting_feature(
 ) -> None:
     audit = f"file://{gateway.log.parent}/audit-{gateway.port}.log"
     out = tmp_path / "report.html"
-    done = subprocess.run(
-        [
-            *mlgate(),
-            "monitor",
-            "report",
-            "--audit",
-            audit,
-            "--model",
-            "fraud_mlp",
-            "--version",
-            "2",
-            "--models",
-            str(repo),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert SHIFTED in done.stdout
+    said = monitor("report", repo, "--audit", audit, "--out", str(out))
+    assert SHIFTED in said
     page = out.read_text()
     assert f"<h3>{SHIFTED} (input)</h3>" in page and "<svg" in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
@@ -198,25 +178,7 @@ def shifted_population() -> dict[str, np.ndarray]:
 
 def build_reference(repo: Path, data: Path) -> str:
     """`mlgate monitor reference` of fraud_mlp version 2 from `data`; the new profile's hash."""
-    done = subprocess.run(
-        [
-            *mlgate(),
-            "monitor",
-            "reference",
-            "--model",
-            "fraud_mlp",
-            "--version",
-            "2",
-            "--models",
-            str(repo),
-            "--data",
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    monitor("reference", repo, "--data", str(data))
     return read_profile(repo / "fraud_mlp" / "2" / REFERENCE_FILE).hash
 
 
@@ -244,5 +206,15 @@ def test_reload_takes_up_a_new_reference_profile(
     assert {v["version"]: v for v in route["versions"]}["2"]["reference"]["hash"] == new
 
 
-def mlgate() -> list[str]:
-    return [str(Path(sys.executable).parent / "mlgate")]
+def monitor(command: str, repo: Path, *args: str) -> str:
+    """`mlgate monitor <command>` for fraud_mlp version 2 of `repo`; what it printed."""
+    mlgate = Path(sys.executable).parent / "mlgate"
+    version = ["--model", "fraud_mlp", "--version", "2", "--models", str(repo)]
+    done = subprocess.run(
+        [str(mlgate), "monitor", command, *version, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
