@@ -168,6 +168,24 @@ def test_report_over_the_audit_log_names_the_drifting_feature(
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
 
 
+def test_reference_from_the_audit_log_profiles_what_the_version_answered(
+    gateway: GatewayProcess, repo: Path, alarmed: dict[tuple[str, ...], float], tmp_path: Path
+) -> None:
+    audit = f"file://{gateway.log.parent}/audit-{gateway.port}.log"
+    copy = tmp_path / "models"
+    shutil.copytree(repo, copy)
+    said = monitor("reference", copy, "--audit", audit, "--since", "0")
+    profile = read_profile(copy / "fraud_mlp" / "2" / REFERENCE_FILE)
+    assert f"33 columns over {profile.rows} rows, hash {profile.hash}" in said
+    assert profile.rows >= MONITORING["min_rows"]
+    # Every row of the log was shifted: its reference puts the shifted feature's median where
+    # the demo reference has its upper half.
+    demo = read_profile(MODELS_DIR / "fraud_mlp" / "2" / REFERENCE_FILE)
+    column = [c.column.name for c in profile.columns].index(SHIFTED)
+    shifted, unshifted = (np.asarray(p.columns[column].edges)[10] for p in (profile, demo))
+    assert shifted > unshifted
+
+
 def shifted_population() -> dict[str, np.ndarray]:
     """The demo population with SHIFTED moved by half its standard deviation, by column name."""
     names, rows = population()
