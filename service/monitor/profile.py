@@ -216,7 +216,12 @@ def _finish(model: str, version: str, rows: int, columns: list[ColumnProfile]) -
 
 
 def write_profile(profile: Profile, path: Path) -> None:
-    path.write_text(json.dumps(profile.document(), indent=1) + "\n")
+    """One line per column: a diff of two profiles shows which columns changed."""
+    doc = profile.document()
+    columns = doc.pop("columns")
+    head = json.dumps(doc, indent=1)[:-2]
+    lines = ",\n  ".join(json.dumps(c, separators=(", ", ": ")) for c in columns)
+    path.write_text(f'{head},\n "columns": [\n  {lines}\n ]\n}}\n')
 
 
 def read_profile(path: Path) -> Profile:
