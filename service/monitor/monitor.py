@@ -15,10 +15,13 @@ import time
 from collections.abc import Callable
 
 from service import metrics
+from service.log_limit import Repeated
 from service.monitor.counts import Closed, Counts
 from service.monitor.drift import Judgement, VersionDrift
 
 log = logging.getLogger(__name__)
+# A Redis outage fails every tick: one line per interval of it.
+failures = Repeated(log)
 
 TICK_S = 0.25
 # After a sub-window ends, how long its counts may take to arrive from every process: at least
@@ -51,8 +54,9 @@ class DriftMonitor:
             await asyncio.sleep(TICK_S)
             try:
                 await self.tick(time.time())
-            except Exception:
-                log.exception("drift monitor: this round failed")
+            except Exception as exc:
+                # The sub-windows this round took are lost: drift is judged on the rest.
+                failures.warning(f"drift monitor: {type(exc).__name__}: {exc}")
 
     async def tick(self, now: float) -> None:
         versions = self._versions()
