@@ -15,43 +15,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from feature_store.loader import synthetic_rows
-from feature_store.views import load_views
-from models.build import FEATURE_VIEWS
 from service.monitor.profile import REFERENCE_FILE, read_profile
 from tests.conftest import MODELS_DIR, GatewayProcess, start_gateway
+from tests.integration.drift_support import (
+    ENTITIES,
+    MONITORING,
+    SHIFTED,
+    drift_gauges,
+    monitored_repo,
+    population,
+    shift_until_alarmed,
+)
 
 TOKEN = "drift-tests-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-# The whole demo population, so that no window sees an entity twice.
-ENTITIES = 20_000
-SHIFTED = "amount_mean_24h"
-# Windows of 4 s judged every 2 s: a judged window holds a few thousand rows of this traffic.
-MONITORING = {"window_s": 4, "sub_windows": 2, "min_rows": 200}
-
-
-def population() -> tuple[list[str], np.ndarray]:
-    """The demo entities' feature names and rows, as the gateway's memory store seeds them."""
-    views = load_views(MODELS_DIR / "feature_views.yaml")
-    names = [f for v in FEATURE_VIEWS for f in views[v].feature_names]
-    rows = np.concatenate([synthetic_rows(views[v], ENTITIES, seed=0)[1] for v in FEATURE_VIEWS], 1)
-    return names, rows
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("drift") / "models"
-    root.mkdir()
-    shutil.copy(MODELS_DIR / "feature_views.yaml", root)
-    shutil.copytree(MODELS_DIR / "fraud_mlp", root / "fraud_mlp")
-    config_path = root / "fraud_mlp" / "config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["monitoring"] = MONITORING
-    config_path.write_text(yaml.safe_dump(config))
-    return root
+    return monitored_repo(tmp_path_factory.mktemp("drift"))
 
 
 @pytest.fixture(scope="module")
@@ -72,43 +55,9 @@ def gateway(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
         gw.stop()
 
 
-def drift_gauges(gw: GatewayProcess, name: str) -> dict[tuple[str, ...], float]:
-    text = httpx.get(f"{gw.url}/metrics").text
-    order = ("model", "version", "feature", "hash", "kind")
-    return {
-        tuple(s.labels[k] for k in order if k in s.labels): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    }
-
-
-def send_shifted(gw: GatewayProcess, seconds: float) -> None:
-    names, rows = population()
-    column = names.index(SHIFTED)
-    shifted = rows[:, column] + 0.5 * rows[:, column].std()
-    ids = [f"u{i}" for i in range(ENTITIES)]
-    deadline = time.monotonic() + seconds
-    start = 0
-    with httpx.Client(timeout=10) as client:
-        while time.monotonic() < deadline:
-            chunk = slice(start, start + 50)
-            body = {"entities": ids[chunk], "features": {SHIFTED: shifted[chunk].tolist()}}
-            reply = client.post(f"{gw.url}/v1/models/fraud_mlp:predict", json=body)
-            assert reply.status_code == 200, reply.text
-            start = (start + 50) % ENTITIES
-
-
 @pytest.fixture(scope="module")
 def alarmed(gateway: GatewayProcess) -> dict[tuple[str, ...], float]:
-    """The alarm gauges once the shifted feature's alarm is up (or after 60 s of traffic)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        send_shifted(gateway, 2.0)
-        alarms = drift_gauges(gateway, "mlgate_drift_alarm")
-        if alarms.get(("fraud_mlp", "2", SHIFTED, "input")) == 1:
-            return alarms
-    return drift_gauges(gateway, "mlgate_drift_alarm")
+    return shift_until_alarmed(gateway)
 
 
 def test_shifted_feature_alone_raises_its_input_alarm(

@@ -13,7 +13,7 @@ import pytest
 from service.cli import build_parser
 from service.monitor.profile import REFERENCE_FILE, read_profile
 from tests.conftest import MODELS_DIR
-from tests.integration.test_drift_gateway import population
+from tests.integration.drift_support import population
 
 ROWS = 2000
 
