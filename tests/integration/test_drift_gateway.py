@@ -185,3 +185,24 @@ def monitor(command: str, repo: Path, *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def test_monitoring_off_leaves_profiled_versions_unmonitored(repo: Path, tmp_path: Path) -> None:
+    gw = start_gateway(
+        tmp_path,
+        "--models",
+        str(repo),
+        "--demo-entities",
+        "100",
+        "--monitoring",
+        "off",
+        env={"MLGATE_ADMIN_TOKEN": TOKEN},
+    )
+    try:
+        reply = httpx.post(f"{gw.url}/v1/models/fraud_mlp:predict", json={"entities": ["u1"]})
+        assert reply.status_code == 200
+        assert drift_gauges(gw, "mlgate_drift_reference_info") == {}
+        route = httpx.get(f"{gw.url}/admin/models/fraud_mlp/drift", headers=AUTH).json()
+        assert [v["monitored"] for v in route["versions"]] == [False, False]
+    finally:
+        gw.stop()
