@@ -93,6 +93,14 @@ CONFIGS: dict[str, GatewayConfig] = {
             compare_to="baseline",
         ),
         GatewayConfig(
+            "monitoring-off",
+            "no drift counting (--monitoring off); baseline counts every scored row of the"
+            " versions with a reference profile (fraud_mlp's) into their drift bins",
+            serve_args=("--monitoring", "off"),
+            scenarios=("predict-1", "predict-32-zipf"),
+            compare_to="baseline",
+        ),
+        GatewayConfig(
             "reads-uncoalesced",
             "one feature-store round trip per request (--coalesce-reads off); baseline merges"
             " the reads of concurrent requests into one MGET",

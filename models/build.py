@@ -25,10 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from feature_store.loader import synthetic_rows
 from feature_store.views import load_views
+from service.monitor.profile import (
+    REFERENCE_FILE,
+    Profile,
+    build_profile,
+    column_values,
+    model_columns,
+    write_profile,
+)
+from service.repository.config import CONFIG_FILE, read_config
 
 N_FEATURES = 32
 OPSET = 17
@@ -41,6 +51,10 @@ VIEWS_FILE = Path(__file__).resolve().parent / "feature_views.yaml"
 # The order of the `features.views` binding in the models' config.yaml.
 FEATURE_VIEWS = ("txn_stats", "user_profile")
 _POPULATION_ROWS = 20_000
+# The models whose versions ship with a drift reference profile. heavy_mlp, a load for the
+# batching benchmarks, has none: it is not monitored.
+PROFILED = ("fraud_mlp",)
+REPOSITORY = Path(__file__).resolve().parent
 _CLIP = 5.0
 
 
@@ -157,6 +171,8 @@ class Standardisation:
     std: np.ndarray
     # A sample of the demo population as the models see it: standardised and clipped.
     population: np.ndarray
+    # The whole demo population as the feature store serves it: the reference of the profiles.
+    rows: np.ndarray
 
     @classmethod
     def fit(cls, views_file: Path) -> Standardisation:
@@ -175,7 +191,7 @@ class Standardisation:
         # A constant feature carries no signal; dividing by one keeps it finite.
         std = np.where(std > 0, std, 1.0)
         sample = np.clip((population[:2000] - mean) / std, -_CLIP, _CLIP)
-        return cls(mean, std, sample)
+        return cls(mean, std, sample, population.astype(np.float32))
 
 
 def _fit_output(
@@ -255,15 +271,33 @@ def build_model(spec: ModelSpec, standardisation: Standardisation) -> onnx.Model
     return model
 
 
+def build_reference(
+    spec: ModelSpec, model: onnx.ModelProto, standardisation: Standardisation, views_file: Path
+) -> Profile:
+    """The version's drift reference: the demo population and the version's answers to it."""
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = standardisation.rows
+    tensors = {INPUT_NAME: rows, OUTPUT_NAME: session.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]}
+    config = read_config(REPOSITORY / spec.name / CONFIG_FILE)
+    columns = model_columns(config, load_views(views_file))
+    return build_profile(spec.name, spec.version, columns, column_values(columns, tensors))
+
+
 def build_all(out: Path, views_file: Path = VIEWS_FILE) -> list[Path]:
-    """Write every model version under `out`; returns the paths written."""
+    """Write every model version under `out`, and the reference profiles of those PROFILED;
+    returns the paths written."""
     standardisation = Standardisation.fit(views_file)
     paths = []
     for spec in MODELS:
         path = out / spec.name / spec.version / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(build_model(spec, standardisation).SerializeToString())
+        model = build_model(spec, standardisation)
+        path.write_bytes(model.SerializeToString())
         paths.append(path)
+        if spec.name in PROFILED:
+            reference = path.parent / REFERENCE_FILE
+            write_profile(build_reference(spec, model, standardisation, views_file), reference)
+            paths.append(reference)
     return paths
 
 

@@ -2,6 +2,7 @@
 
     GET    /admin/models                                   every model: policy, window, history
     GET    /admin/models/{model}
+    GET    /admin/models/{model}/drift                     each version's last drift judgement
     PUT    /admin/models/{model}/routing                   replace the routing section
     PATCH  /admin/models/{model}/routing                   change the fields given
     POST   /admin/models/{model}/promote                   {"version": "1"}; default the canary
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
 from service.lifecycle import Lifecycle
+from service.pipeline.pipeline import Pipeline
 from service.protocol import json_codec
 from service.protocol.errors import InvalidInput
 from service.settings import Settings
@@ -113,6 +115,17 @@ def admin_router(tokens: Tokens) -> APIRouter:
         caller(request, tokens)
         lifecycle(request).policy(model)
         return await answer(request, model)
+
+    @router.get("/models/{model}/drift")
+    async def drift(request: Request, model: str) -> Response:
+        caller(request, tokens)
+        pipeline: Pipeline = request.app.state.pipeline
+        versions = [
+            {"version": s.version, "monitored": False} if s.drift is None else s.drift.describe()
+            for s in pipeline.registry.model(model).versions.values()
+        ]
+        doc = {"model": model, "versions": versions}
+        return Response(json_codec.dumps(doc), media_type=JSON)
 
     @router.put("/models/{model}/routing")
     @router.patch("/models/{model}/routing")

@@ -39,6 +39,7 @@ SERVE_FLAGS = (
     "batching",
     "batching_delay_us",
     "coalesce_reads",
+    "monitoring",
     "audit_spill_dir",
     "policy_store",
     "routing",
@@ -274,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent requests share one feature-store round trip",
     )
     serve.add_argument(
+        "--monitoring",
+        choices=["on", "off"],
+        help="drift monitoring of versions with a reference profile (default on)",
+    )
+    serve.add_argument(
         "--batching-delay-us",
         type=int,
         metavar="US",
@@ -389,10 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     from loadtests.cli import add_commands as add_bench_commands
     from replay.cli import add_commands as add_replay_commands
     from service.audit.cli import add_commands as add_audit_commands
+    from service.monitor.cli import add_commands as add_monitor_commands
 
     add_bench_commands(sub)
     add_audit_commands(sub)
     add_replay_commands(sub)
+    add_monitor_commands(sub)
     show_defaults(parser)
     return parser
 

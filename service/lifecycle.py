@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from service import metrics
 from service.monitor.feedback import QualityGauges
+from service.monitor.profile import REFERENCE_FILE
 from service.monitor.quality import QualityConfig
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.served import Registry
@@ -70,7 +71,7 @@ ROLLOUT_TICK_S = 0.25
 # How often a process that started without its policy store tries to join it.
 JOIN_RETRY_S = 1.0
 
-Stamp = tuple[int, int]  # (mtime_ns, size) of a file
+Stamp = tuple[int, ...]  # (mtime_ns, size) of a file; a version's, then its reference profile's
 Scan = dict[str, dict[str, Stamp]]  # model -> {version or config.yaml: stamp}
 
 
@@ -521,6 +522,11 @@ class Lifecycle:
                     with contextlib.suppress(FileNotFoundError):
                         st = path.stat()
                         stamps[name] = (st.st_mtime_ns, st.st_size)
+                        # A new drift reference reloads its version, as a new model file does.
+                        reference = path.parent / REFERENCE_FILE
+                        if name != CONFIG_FILE and reference.is_file():
+                            ref = reference.stat()
+                            stamps[name] += (ref.st_mtime_ns, ref.st_size)
             scan[model] = stamps
         return scan
 

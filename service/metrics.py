@@ -238,6 +238,44 @@ MODEL_LIFECYCLE = Counter(
     ["model", "version", "action", "outcome"],
 )
 
+# Drift (service.monitor): per version with a reference profile, each judged window's statistic
+# against the reference, per input feature and output (kind: input or output). With Redis,
+# every process judges the same merged counts, so the processes' values agree and livemax
+# reports them; without it, each process judges its own traffic and livemax reports the most
+# drifted process's values.
+DRIFT_SCORE = Gauge(
+    "mlgate_drift_score",
+    "The last judged window's drift statistic (PSI or binned KS, per config.yaml) of a feature"
+    " or output against its version's reference profile.",
+    ["model", "version", "feature", "kind"],
+    multiprocess_mode="livemax",
+)
+DRIFT_THRESHOLD = Gauge(
+    "mlgate_drift_threshold",
+    "The statistic's threshold at the window's size: its null distribution's quantile at the"
+    " level alpha / (features and outputs tested).",
+    ["model", "version", "feature", "kind"],
+    multiprocess_mode="livemax",
+)
+DRIFT_ALARM = Gauge(
+    "mlgate_drift_alarm",
+    "1 when the last judged window's score exceeded its threshold, else 0.",
+    ["model", "version", "feature", "kind"],
+    multiprocess_mode="livemax",
+)
+DRIFT_WINDOW_ROWS = Gauge(
+    "mlgate_drift_window_rows",
+    "Rows in the last judged window.",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+DRIFT_REFERENCE_INFO = Gauge(
+    "mlgate_drift_reference_info",
+    "1 for the reference profile (by content hash) a monitored version is judged against.",
+    ["model", "version", "hash"],
+    multiprocess_mode="livemax",
+)
+
 
 # Looking up a labelled child costs a few microseconds; the request path asks for the same
 # few label sets over and over, so it goes through these caches.

@@ -27,6 +27,8 @@ from service.drain import Drain
 from service.grpc_server import GrpcFront
 from service.lifecycle import Lifecycle
 from service.loop_lag import watch_lag
+from service.monitor.counts import LocalCounts, RedisCounts
+from service.monitor.monitor import DriftMonitor
 from service.pipeline.features import Features
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.served import BatchingChoice
@@ -64,11 +66,20 @@ async def serving(
             repository.models,
             features,
             audit,
-            batching=BatchingChoice(settings.batching, settings.batching_delay_us),
+            batching=BatchingChoice(
+                settings.batching, settings.batching_delay_us, settings.monitoring
+            ),
             shadow_queue_size=settings.shadow_queue_size,
             shadow_concurrency=settings.shadow_concurrency,
         )
         stack.push_async_callback(pipeline.close)
+        # Counts merge in the feature store's Redis when there is one: the fleet is judged as one.
+        drift = DriftMonitor(
+            pipeline.registry.drifts,
+            RedisCounts(settings.feature_store) if store.kind != "memory" else LocalCounts(),
+        )
+        drift.start()
+        stack.push_async_callback(drift.close)
         log.info(
             "serving %s from %s, features from %s, audit to %s",
             ", ".join(pipeline.registry.models) or "no models",

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Concurrent requests' feature reads share one store round trip (one MGET); off: one per
     # request (for comparisons).
     coalesce_reads: bool = True
+    # Drift monitoring of the versions with a reference profile (config.yaml `monitoring:`);
+    # off: no row is counted anywhere (for comparisons).
+    monitoring: bool = True
     # Threads that run model sessions off the event loop.
     inference_threads: int = Field(default=4, ge=1)
     # Where every prediction is recorded: file://PATH, redis://host:port/db[?maxlen=N],

@@ -21,6 +21,7 @@ from feature_store.views import FeatureView
 from service import metrics
 from service.batching import Batcher, Tensors
 from service.guard import Guard
+from service.monitor.drift import VersionDrift
 from service.pipeline.features import FeaturePlan
 from service.protocol.datatypes import numpy_dtype
 from service.protocol.errors import NotFound
@@ -39,6 +40,8 @@ class BatchingChoice:
 
     enabled: bool = True
     delay_us: int | None = None
+    # Drift monitoring of versions with a reference profile.
+    monitoring: bool = True
 
 
 @dataclass(slots=True)
@@ -54,6 +57,8 @@ class Served:
     # The reload generation this process loaded (the routing policy counts reloads).
     generation: int = 0
     batcher: Batcher | None = None
+    # Counts its scored rows for drift: set when it has a reference profile.
+    drift: VersionDrift | None = None
     # Requests using this version now: a version taken out of service closes once none are left.
     inflight: int = 0
     drained: asyncio.Event | None = None
@@ -73,6 +78,8 @@ class Served:
         metrics.inference_latency(self.mv.model, self.mv.version).observe(
             time.perf_counter() - started
         )
+        if self.drift is not None:
+            self.drift.count_soon(inputs, outputs)
         return outputs
 
 
@@ -96,6 +103,8 @@ def prepare(
         guard=Guard(mv.config, mv.model, mv.version),
         generation=generation,
     )
+    if batching.monitoring and mv.reference is not None and mv.config.monitoring.enabled:
+        served.drift = VersionDrift(mv.model, mv.version, mv.reference, mv.config.monitoring)
     config = mv.config.dynamic_batching
     if config is not None and batching.delay_us is not None:
         # --batching-delay-us: one fixed wait for every model, to compare with adaptive.
@@ -159,6 +168,15 @@ class Registry:
             raise NotFound(
                 f"model '{model}' has no version '{version}'; available: {', '.join(versions)}"
             ) from None
+
+    def drifts(self) -> list[VersionDrift]:
+        """Every monitored version now served."""
+        return [
+            s.drift
+            for model in self.models.values()
+            for s in model.versions.values()
+            if s.drift is not None
+        ]
 
     def loaded(self, model: str) -> list[str]:
         return list(self.model(model).versions)

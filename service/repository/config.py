@@ -24,6 +24,7 @@ from service.backends.onnx import OnnxOptions
 from service.backends.triton import TritonOptions
 from service.batching import BatchingConfig
 from service.guard import GuardConfig, guard_config_errors
+from service.monitor.config import MonitoringConfig
 from service.monitor.quality import QualityConfig, one_wide
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.routing.config import RoutingConfig
@@ -165,6 +166,8 @@ class ModelConfig(BaseModel):
     # Stable, canary, shadow and A/B arms (service.routing.config); absent: every request on the
     # default version.
     routing: RoutingConfig | None = None
+    # Drift monitoring of the versions that have a reference profile (service.monitor).
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     # Realised quality from label feedback (service.monitor.quality); absent: labels are
     # joined and recorded, and no quality is computed.
     quality: QualityConfig | None = None

@@ -20,6 +20,14 @@ from pydantic import ValidationError
 from service.backends.base import Backend
 from service.backends.onnx import CPU, OnnxBackend
 from service.backends.triton import TritonBackend
+from service.monitor.profile import (
+    REFERENCE_FILE,
+    Profile,
+    ProfileError,
+    profile_errors,
+    read_profile,
+    tensor_widths,
+)
 from service.protocol.errors import GatewayError
 from service.repository.checks import FeatureViewLike, binding_errors, graph_errors
 from service.repository.config import (
@@ -43,6 +51,8 @@ class ModelVersion:
     config: ModelConfig
     path: Path | None  # the .onnx file; None where Triton serves the version
     backend: Backend
+    # <version>/reference.json: the version is monitored for drift against it.
+    reference: Profile | None = None
 
 
 @dataclass
@@ -119,6 +129,14 @@ class Repository:
             await repository.close()
             raise
         for model in repository.models.values():
+            unprofiled = [v for v, mv in model.versions.items() if mv.reference is None]
+            if unprofiled:
+                logger.info(
+                    "model %s: no %s for version(s) %s: not monitored for drift",
+                    model.name,
+                    REFERENCE_FILE,
+                    ", ".join(unprofiled),
+                )
             devices = sorted({v.backend.device for v in model.versions.values()})
             logger.info(
                 "loaded model %s: versions %s (default %s) on %s",
@@ -293,11 +311,14 @@ class _OpenedModel:
             self.errors.append(f"{self.config_path}: version {version}: {exc.message}")
             return
         mismatches = graph_errors(self.config, self.config_path, backend.target, backend)
-        if mismatches:
-            self.errors += mismatches
+        reference, problems = _reference(self.config, self.config_path, version)
+        if mismatches or problems:
+            self.errors += mismatches + problems
             await backend.close()
             return
-        self.versions[version] = ModelVersion(self.config.name, version, self.config, None, backend)
+        self.versions[version] = ModelVersion(
+            self.config.name, version, self.config, None, backend, reference
+        )
 
 
 async def _finish(opened: _OpenedModel | BaseException) -> Model:
@@ -386,12 +407,28 @@ def _open_model(
             errors.append(exc.message)
             continue
         mismatches = graph_errors(config, config_path, str(path), backend)
-        if mismatches:
-            errors += mismatches
+        reference, problems = _reference(config, config_path, version)
+        if mismatches or problems:
+            errors += mismatches + problems
             continue
-        versions[version] = ModelVersion(config.name, version, config, path, backend)
+        versions[version] = ModelVersion(config.name, version, config, path, backend, reference)
     triton = {v: t for v, t in found.triton.items() if only is None or v == only}
     return _OpenedModel(config_path, config, default_version, versions, triton, errors)
+
+
+def _reference(
+    config: ModelConfig, config_path: Path, version: str
+) -> tuple[Profile | None, list[str]]:
+    """The version's reference profile, if it has one, or why it cannot be used."""
+    path = config_path.parent / version / REFERENCE_FILE
+    if not path.is_file():
+        return None, []
+    try:
+        profile = read_profile(path)
+    except ProfileError as exc:
+        return None, [str(exc)]
+    errors = profile_errors(profile, tensor_widths(config), path)
+    return (None, errors) if errors else (profile, [])
 
 
 async def _warm_up(version: ModelVersion) -> None:

@@ -19,6 +19,7 @@ import yaml
 from feature_store.memory_store import MemoryStore
 from feature_store.views import load_views
 from service.backends.base import Backend, TensorSignature
+from service.monitor.profile import Profile
 from service.pipeline.features import Features
 from service.pipeline.pipeline import Pipeline
 from service.repository.config import ModelConfig
@@ -85,12 +86,17 @@ def build(
     *,
     default_version: str = "1",
     model_config: ModelConfig | None = None,
+    reference: Profile | None = None,
 ) -> tuple[Pipeline, MemoryStore]:
-    """A pipeline serving fraud_mlp's `versions` over an empty memory store."""
+    """A pipeline serving fraud_mlp's `versions` over an empty memory store; every version
+    monitored for drift against `reference` when one is given."""
     model = Model(
         MODEL,
         model_config or next(iter(versions.values()))[0],
-        {v: ModelVersion(MODEL, v, c, None, backend) for v, (c, backend) in versions.items()},
+        {
+            v: ModelVersion(MODEL, v, c, None, backend, reference)
+            for v, (c, backend) in versions.items()
+        },
         default_version,
     )
     store = MemoryStore()

@@ -13,6 +13,7 @@ import yaml
 from feature_store.loader import synthetic_rows
 from feature_store.views import load_views
 from models.build import FEATURE_VIEWS, IR_VERSION, OPSET, VIEWS_FILE, build_all
+from service.monitor.profile import read_profile
 from tests.conftest import MODELS_DIR
 
 MODEL_FILES = [
@@ -20,12 +21,15 @@ MODEL_FILES = [
     Path("fraud_mlp/2/model.onnx"),
     Path("heavy_mlp/1/model.onnx"),
 ]
+# The drift references the demo model's versions ship with.
+REFERENCE_FILES = [Path("fraud_mlp/1/reference.json"), Path("fraud_mlp/2/reference.json")]
+BUILT_FILES = MODEL_FILES + REFERENCE_FILES
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models")
-    assert sorted(build_all(out)) == sorted(out / f for f in MODEL_FILES)
+    assert sorted(build_all(out)) == sorted(out / f for f in BUILT_FILES)
     return out
 
 
@@ -43,12 +47,12 @@ def probabilities(path: Path, features: np.ndarray) -> np.ndarray:
 
 def test_building_twice_gives_the_same_bytes(built: Path, tmp_path: Path) -> None:
     build_all(tmp_path)
-    for file in MODEL_FILES:
+    for file in BUILT_FILES:
         assert (tmp_path / file).read_bytes() == (built / file).read_bytes(), file
 
 
 def test_committed_models_are_what_the_builder_makes(built: Path) -> None:
-    for file in MODEL_FILES:
+    for file in BUILT_FILES:
         assert (MODELS_DIR / file).read_bytes() == (built / file).read_bytes(), (
             f"models/{file} is stale: run `python -m models.build`"
         )
@@ -99,3 +103,12 @@ def test_fraud_versions_differ_clearly_but_correlate(built: Path) -> None:
 def test_configs_bind_the_views_the_standardisation_was_fitted_on(model: str) -> None:
     config = yaml.safe_load((MODELS_DIR / model / "config.yaml").read_text())
     assert tuple(config["inputs"][0]["features"]["views"]) == FEATURE_VIEWS
+
+
+@pytest.mark.parametrize("file", REFERENCE_FILES, ids=str)
+def test_demo_references_profile_every_feature_and_the_output(file: Path) -> None:
+    profile = read_profile(MODELS_DIR / file)
+    names = [c.column.name for c in profile.columns]
+    views = load_views(VIEWS_FILE)
+    assert names == [f for v in FEATURE_VIEWS for f in views[v].feature_names] + ["probability"]
+    assert all(c.counts.sum() == profile.rows for c in profile.columns)

@@ -1,0 +1,46 @@
+"""Two worker processes on a Redis feature store hand their counts to Redis and are judged as
+one: both processes' sub-windows are in Redis, and the gauges show the shifted feature alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from service.monitor.profile import REFERENCE_FILE, read_profile
+from tests.conftest import GatewayProcess, RedisServer, seeded_url, start_workers
+from tests.integration.drift_support import ENTITIES, SHIFTED, monitored_repo, shift_until_alarmed
+
+DB = 12
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, str]]:
+    tmp = tmp_path_factory.mktemp("drift-workers")
+    url = seeded_url(redis_server, DB, ENTITIES)
+    gw, _ = start_workers(tmp, "--models", str(monitored_repo(tmp)), "--feature-store", url)
+    try:
+        yield gw, url
+    finally:
+        gw.stop()
+
+
+def test_workers_judge_merged_counts_and_alarm_for_the_shifted_feature_only(
+    fleet: tuple[GatewayProcess, str],
+) -> None:
+    gw, url = fleet
+    alarms = shift_until_alarmed(gw)
+    inputs = {k[2]: v for k, v in alarms.items() if k[:2] == ("fraud_mlp", "2") and k[3] == "input"}
+    assert {name for name, v in inputs.items() if v == 1} == {SHIFTED}
+    # Each sub-window's key holds one entry per process that counted in it: both workers.
+    client = redis.Redis.from_url(url)
+    try:
+        profile_hash = read_profile(Path("models/fraud_mlp/2") / REFERENCE_FILE).hash
+        keys = client.keys(f"mlgate:drift:{{fraud_mlp/2/{profile_hash}}}:*")
+        assert keys and max(client.llen(k) for k in keys) == 2
+    finally:
+        client.close()
