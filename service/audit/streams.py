@@ -18,8 +18,9 @@ the shard it was meant for.
 
 Retention rides along in the query string too: `?maxlen=100000` (per stream; default
 1,000,000, 0 for none) or `?minid_age_s=86400`; and `?index_ttl_s=` how long a prediction can
-be found by its request id for label feedback (service.audit.index; default two days, 0 for
-no id index).
+be found by its request id for label feedback (service.audit.index). The id index is off by
+default (0): it costs one key per prediction for that long (at 1,000 predictions a second and
+two days, 173 million keys), so it is asked for where labels come by request id.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from feature_store.redis_cluster_store import client_url
 # The field of a stream entry that holds the encoded record.
 RECORD_FIELD = "record"
 DEFAULT_MAXLEN = 1_000_000
-DEFAULT_INDEX_TTL_S = 2 * 86_400
+DEFAULT_INDEX_TTL_S = 0
 DEFAULT_CLUSTER_SHARDS = 8
 MAX_SHARDS = 1024
 

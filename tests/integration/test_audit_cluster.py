@@ -72,7 +72,7 @@ def test_records_land_on_every_node_and_the_cli_reads_each_once_in_time_order(
     cluster: RedisCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sent = records(0, 2000)
-    log = asyncio.run(log_all(cluster.url, sent, tmp_path / "spill"))
+    log = asyncio.run(log_all(f"{cluster.url}?index_ttl_s=3600", sent, tmp_path / "spill"))
     assert log.stats == {"queued": 2000, "written": 2000, "spilled": 0, "drained": 0, "dropped": 0}
 
     keys_per_node = [cluster.cli(port, "--scan").split() for port in cluster.ports]

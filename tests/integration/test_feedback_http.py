@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.audit import AuditRecord
 from service.audit.index import index_key
 from service.audit.reader import tail
-from service.audit.streams import DEFAULT_INDEX_TTL_S, stream_key
+from service.audit.streams import stream_key
 from service.monitor.quality import AUC_BINS
 from service.routing.router import VERSION_HEADER
 from tests.conftest import GatewayProcess, RedisServer, start_gateway
@@ -29,6 +29,9 @@ ENTITIES = [f"u{i}" for i in range(400)]
 AUC = {"quality": {"metric": "auc", "window_s": 600}}
 # Judged on quality alone: min_requests keeps every other threshold out of it.
 ROLLBACK = {"window_s": 600, "min_requests": 1_000_000, "max_quality_drop": 0.2, "min_labels": 20}
+
+# Labels by request id need the audit log's id index, off by default (service.audit.streams).
+INDEX_TTL_S = 2 * 86_400
 
 
 def labelled_models(root: Path) -> None:
@@ -58,7 +61,10 @@ def gateway(
         str(tmp / "models"),
         "--demo-entities",
         str(len(ENTITIES)),
-        env={"MLGATE_AUDIT": f"redis://127.0.0.1:{redis_server.port}/{AUDIT_DB}"},
+        env={
+            "MLGATE_AUDIT": f"redis://127.0.0.1:{redis_server.port}/{AUDIT_DB}"
+            f"?index_ttl_s={INDEX_TTL_S}"
+        },
     )
     yield gw
     gw.stop()
@@ -118,7 +124,7 @@ def test_a_late_label_joins_its_prediction_by_request_id_with_redis_audit(
     )
     client = redis_index(redis_server, "scored", request_id)
     # Labels may come days later: the entry outlives them by the index TTL, not by memory.
-    assert client.ttl(index_key(stream_key("scored"), request_id)) > DEFAULT_INDEX_TTL_S - 60
+    assert client.ttl(index_key(stream_key("scored"), request_id)) > INDEX_TTL_S - 60
 
     answer = feedback(gateway, {"model": "scored", "request_id": request_id, "labels": [1, 0, 1]})
 

@@ -9,7 +9,7 @@ import pytest
 from loadtests.processes import free_port
 from service.audit.index import MemoryIndex, RedisIndex
 from service.audit.record import EncodedRecord
-from service.audit.sinks.redis_stream import connect
+from service.audit.sinks.redis_stream import commands, connect, xadd
 from service.audit.streams import parse
 from service.protocol.errors import Unavailable
 from tests.unit.test_audit_record import make_record
@@ -56,3 +56,15 @@ async def test_a_redis_index_that_cannot_reach_its_server_is_unavailable() -> No
             await index.near("fraud_mlp", "user:1", ts_ms=1_000, within_ms=10)
     finally:
         await index.close()
+
+
+def test_a_redis_audit_log_keeps_no_id_index_unless_asked() -> None:
+    record = EncodedRecord.of(make_record())
+
+    default = parse("redis://127.0.0.1:6379/0")
+    asked = parse("redis://127.0.0.1:6379/0?index_ttl_s=600")
+
+    assert commands(record, "audit:m", ("MAXLEN", "~", 10), default.index_ttl_s) == [
+        xadd(record, "audit:m", ("MAXLEN", "~", 10))
+    ]
+    assert len(commands(record, "audit:m", ("MAXLEN", "~", 10), asked.index_ttl_s)) == 2
