@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
@@ -17,11 +18,16 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
+from service.app import v1_predictions
+from service.pipeline.request import Prediction
+from service.protocol import json_codec
 from tests.integration.test_grpc_api import Fronts, start_fronts
+from tests.integration.test_grpc_api import client as grpc_client
 from tests.integration.test_http_api import reference, store_url
 
-# The HTTP suite's seeded Redis db: imported, the fixture serves this module too.
-__all__ = ["store_url"]
+# Imported fixtures: the HTTP suite's seeded Redis db, and a tritonclient.grpc client of this
+# module's `fronts`.
+__all__ = ["grpc_client", "store_url"]
 
 LOADED = [("fraud_mlp", "1"), ("fraud_mlp", "2"), ("heavy_mlp", "1")]
 
@@ -44,14 +50,7 @@ def http(fronts: Fronts) -> Iterator[triton_http.InferenceServerClient]:
 
 
 @pytest.fixture(scope="module")
-def grpc(fronts: Fronts) -> Iterator[triton_grpc.InferenceServerClient]:
-    c = triton_grpc.InferenceServerClient(fronts.grpc_address)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def client(fronts: Fronts) -> Iterator[httpx.Client]:
+def web(fronts: Fronts) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=fronts.gateway.url, timeout=10) as c:
         yield c
 
@@ -74,7 +73,7 @@ def assert_v2_error(r: httpx.Response, status: int, *words: str) -> None:
 )
 def test_http_model_config_is_what_grpc_model_config_serves(
     http: triton_http.InferenceServerClient,
-    grpc: triton_grpc.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
     model: str,
     version: str,
 ) -> None:
@@ -82,26 +81,26 @@ def test_http_model_config_is_what_grpc_model_config_serves(
     assert doc["name"] == model and doc["max_batch_size"] > 0
     # Triton's JSON: proto field names, integers as numbers.
     assert doc["input"] == [{"name": "features", "data_type": "TYPE_FP32", "dims": [32]}]
-    over_grpc = grpc.get_model_config(model, version).config
+    over_grpc = grpc_client.get_model_config(model, version).config
     assert json_format.ParseDict(doc, model_config_pb2.ModelConfig()) == over_grpc
 
 
-def test_config_of_an_unknown_version_is_a_v2_404(client: httpx.Client) -> None:
-    assert_v2_error(client.get("/v2/models/fraud_mlp/versions/9/config"), 404, "version '9'")
+def test_config_of_an_unknown_version_is_a_v2_404(web: httpx.Client) -> None:
+    assert_v2_error(web.get("/v2/models/fraud_mlp/versions/9/config"), 404, "version '9'")
 
 
 # ---- metadata of one version --------------------------------------------------------------
 
 
 def test_version_metadata_describes_that_version_only(
-    client: httpx.Client, grpc: triton_grpc.InferenceServerClient
+    web: httpx.Client, grpc_client: triton_grpc.InferenceServerClient
 ) -> None:
-    assert client.get("/v2/models/fraud_mlp").json()["versions"] == ["1", "2"]
+    assert web.get("/v2/models/fraud_mlp").json()["versions"] == ["1", "2"]
     for version in ("1", "2"):
-        doc = client.get(f"/v2/models/fraud_mlp/versions/{version}").json()
+        doc = web.get(f"/v2/models/fraud_mlp/versions/{version}").json()
         assert doc["versions"] == [version]
-        assert grpc.get_model_metadata("fraud_mlp", version).versions == [version]
-    assert_v2_error(client.get("/v2/models/fraud_mlp/versions/9"), 404, "no version '9'")
+        assert grpc_client.get_model_metadata("fraud_mlp", version).versions == [version]
+    assert_v2_error(web.get("/v2/models/fraud_mlp/versions/9"), 404, "no version '9'")
 
 
 # ---- statistics ---------------------------------------------------------------------------
@@ -146,78 +145,78 @@ def test_statistics_count_answers_failures_batches_and_rows(
 
 
 def test_statistics_of_a_model_a_server_and_over_grpc(
-    http: triton_http.InferenceServerClient, grpc: triton_grpc.InferenceServerClient
+    http: triton_http.InferenceServerClient, grpc_client: triton_grpc.InferenceServerClient
 ) -> None:
     every = http.get_inference_statistics()["model_stats"]
     assert [(s["name"], s["version"]) for s in every] == LOADED
     model = http.get_inference_statistics("fraud_mlp")["model_stats"]
     assert [s["version"] for s in model] == ["1", "2"]
     for name, version in [("", ""), ("fraud_mlp", ""), ("fraud_mlp", "2")]:
-        over_grpc = grpc.get_inference_statistics(name, version)
+        over_grpc = grpc_client.get_inference_statistics(name, version)
         over_http = http.get_inference_statistics(name, version)
         assert json_format.ParseDict(over_http, service_pb2.ModelStatisticsResponse()) == over_grpc
     with pytest.raises(InferenceServerException, match="no version '9'"):
-        grpc.get_inference_statistics("fraud_mlp", "9")
+        grpc_client.get_inference_statistics("fraud_mlp", "9")
 
 
-def test_statistics_of_unknown_models_and_versions_are_v2_404s(client: httpx.Client) -> None:
-    assert_v2_error(client.get("/v2/models/nope/stats"), 404, "unknown model 'nope'")
-    assert_v2_error(client.get("/v2/models/fraud_mlp/versions/9/stats"), 404, "no version '9'")
+def test_statistics_of_unknown_models_and_versions_are_v2_404s(web: httpx.Client) -> None:
+    assert_v2_error(web.get("/v2/models/nope/stats"), 404, "unknown model 'nope'")
+    assert_v2_error(web.get("/v2/models/fraud_mlp/versions/9/stats"), 404, "no version '9'")
 
 
 # ---- repository index ---------------------------------------------------------------------
 
 
 def test_repository_index_lists_every_loaded_version(
-    http: triton_http.InferenceServerClient, grpc: triton_grpc.InferenceServerClient
+    http: triton_http.InferenceServerClient, grpc_client: triton_grpc.InferenceServerClient
 ) -> None:
     index = http.get_model_repository_index()
     assert index == [
         {"name": name, "version": version, "state": "READY", "reason": ""}
         for name, version in LOADED
     ]
-    over_grpc = grpc.get_model_repository_index()
+    over_grpc = grpc_client.get_model_repository_index()
     assert json_format.ParseDict({"models": index}, service_pb2.RepositoryIndexResponse()) == (
         over_grpc
     )
 
 
-def test_repository_index_takes_tritons_body_and_refuses_a_bad_one(client: httpx.Client) -> None:
-    assert client.post("/v2/repository/index", json={"ready": True}).status_code == 200
-    assert_v2_error(client.post("/v2/repository/index", json={"ready": "yes"}), 400, "ready")
-    assert_v2_error(client.post("/v2/repository/index", json={"nope": 1}), 400, "nope")
+def test_repository_index_takes_tritons_body_and_refuses_a_bad_one(web: httpx.Client) -> None:
+    assert web.post("/v2/repository/index", json={"ready": True}).status_code == 200
+    assert_v2_error(web.post("/v2/repository/index", json={"ready": "yes"}), 400, "ready")
+    assert_v2_error(web.post("/v2/repository/index", json={"nope": 1}), 400, "nope")
 
 
 # ---- KServe V1 ----------------------------------------------------------------------------
 
 
-def predict(client: httpx.Client, body: Any, path: str = "fraud_mlp/versions/1") -> httpx.Response:
-    return client.post(f"/v1/models/{path}:predict", json=body)
+def predict(web: httpx.Client, body: Any, path: str = "fraud_mlp/versions/1") -> httpx.Response:
+    return web.post(f"/v1/models/{path}:predict", json=body)
 
 
-def test_v1_instances_are_answered_with_predictions(client: httpx.Client) -> None:
+def test_v1_instances_are_answered_with_predictions(web: httpx.Client) -> None:
     x = rows(3, seed=7)
     expected = reference("1", x).reshape(-1)
     for instances in (x.tolist(), [{"features": row} for row in x.tolist()]):
-        r = predict(client, {"instances": instances})
+        r = predict(web, {"instances": instances})
         assert r.status_code == 200, r.text
         assert list(r.json()) == ["predictions"]
         np.testing.assert_allclose(r.json()["predictions"], expected, atol=1e-6)
         assert r.headers["x-mlgate-version"] == "1"
 
 
-def round_trips(client: httpx.Client) -> float:
-    text = client.get("/metrics").text
+def round_trips(web: httpx.Client) -> float:
+    text = web.get("/metrics").text
     found = re.findall(r"^mlgate_feature_store_round_trips_total\{[^}]*\} (\S+)$", text, re.M)
     return sum(float(v) for v in found)
 
 
 def test_v1_instances_are_routed_and_audited_without_a_feature_read(
-    client: httpx.Client, fronts: Fronts
+    web: httpx.Client, fronts: Fronts
 ) -> None:
     x = rows(2, seed=8)
-    reads = round_trips(client)
-    r = client.post(
+    reads = round_trips(web)
+    r = web.post(
         "/v1/models/fraud_mlp:predict",
         json={"instances": x.tolist()},
         headers={"x-request-id": "v1-audited"},
@@ -225,7 +224,7 @@ def test_v1_instances_are_routed_and_audited_without_a_feature_read(
     assert r.status_code == 200, r.text
     # No version named: the routing policy's stable version answers.
     assert r.headers["x-mlgate-version"] == "2"
-    assert round_trips(client) == reads
+    assert round_trips(web) == reads
     (record,) = fronts.gateway.audited("v1-audited")
     assert record.entity_ids is None and record.route == "primary"
     np.testing.assert_array_equal(record.inputs["features"], x)
@@ -252,12 +251,21 @@ def test_v1_instances_are_routed_and_audited_without_a_feature_read(
     ],
 )
 def test_bad_v1_bodies_are_400_naming_the_problem(
-    client: httpx.Client, body: dict[str, Any], words: list[str]
+    web: httpx.Client, body: dict[str, Any], words: list[str]
 ) -> None:
-    assert_v2_error(client.post("/v1/models/fraud_mlp:predict", json=body), 400, *words)
+    assert_v2_error(web.post("/v1/models/fraud_mlp:predict", json=body), 400, *words)
 
 
-def test_v1_model_readiness(client: httpx.Client) -> None:
-    assert client.get("/v1/models/fraud_mlp").json() == {"name": "fraud_mlp", "ready": True}
-    assert_v2_error(client.get("/v1/models/nope"), 404, "unknown model 'nope'")
-    assert client.get("/v1/models/fraud_mlp:predict").status_code == 405
+def test_v1_model_readiness(web: httpx.Client) -> None:
+    assert web.get("/v1/models/fraud_mlp").json() == {"name": "fraud_mlp", "ready": True}
+    assert_v2_error(web.get("/v1/models/nope"), 404, "unknown model 'nope'")
+    assert web.get("/v1/models/fraud_mlp:predict").status_code == 405
+
+
+def test_v1_predictions_of_several_outputs_are_an_object_per_instance() -> None:
+    outputs = {"p": np.array([[0.1], [0.2]]), "logits": np.array([[1.0, 2.0], [3.0, 4.0]])}
+    result = Prediction("r", "m", "1", outputs=outputs, inputs={})
+    doc = orjson.loads(json_codec.dumps(v1_predictions(result)))
+    assert doc == {
+        "predictions": [{"p": [0.1], "logits": [1.0, 2.0]}, {"p": [0.2], "logits": [3.0, 4.0]}]
+    }
