@@ -173,16 +173,18 @@ BINARY_HEADER: Doc = {
 }
 
 
+def _answer(why: str, schema: str) -> Doc:
+    return {"description": why, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
 def _failure(why: str) -> Doc:
-    return {"description": why, "content": {"application/json": {"schema": _ref("Error")}}}
+    return _answer(why, "Error")
 
 
 def _operation(
     summary: str, body: str, answer: str, parameters: list[Doc], failures: dict[str, str]
 ) -> Doc:
-    responses: Doc = {
-        "200": {"description": "OK", "content": {"application/json": {"schema": _ref(answer)}}}
-    }
+    responses: Doc = {"200": _answer("OK", answer)}
     for status, why in failures.items():
         responses[status] = _failure(why)
     return {
@@ -258,13 +260,7 @@ def add_inference_paths(doc: Doc) -> None:
         "get": {
             "summary": "KServe V1 model readiness",
             "parameters": [MODEL],
-            "responses": {
-                "200": {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": _ref("V1ModelReady")}},
-                },
-                "404": _failure(FAILURES["404"]),
-            },
+            "responses": {"200": _answer("OK", "V1ModelReady"), "404": _failure(FAILURES["404"])},
         }
     }
 
