@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -20,10 +21,17 @@ from service import __version__
 from service.metrics import in_flight
 from service.metrics_export import render_metrics
 from service.openapi import openapi_with_inference_paths
+from service.pipeline import extensions
 from service.pipeline.pipeline import Pipeline
-from service.pipeline.request import RequestContext
+from service.pipeline.request import Prediction, RequestContext
 from service.protocol import json_codec
-from service.protocol.bodies import FeaturePushBody, FeedbackBody, PredictBody
+from service.protocol.bodies import (
+    FeaturePushBody,
+    FeedbackBody,
+    InstancesBody,
+    RepositoryIndexBody,
+    predict_body,
+)
 from service.protocol.errors import GatewayError, InvalidInput, PayloadTooLarge
 from service.protocol.limits import Limits, header_count, header_milliseconds
 from service.routing.router import VERSION_HEADER
@@ -164,6 +172,16 @@ def authorize_write(request: Request, tokens: Tokens, scope: str) -> None:
         tokens.check(request.headers.get("authorization"), scope)
 
 
+class V1ModelName(StringConvertor):
+    """A model name in a KServe V1 path: no ':', so that `GET /v1/models/m:predict` is the
+    predict route's 405, not a readiness check of a model named 'm:predict'."""
+
+    regex = "[^/:]+"
+
+
+register_url_convertor("v1_model", V1ModelName())
+
+
 def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
     """The HTTP routes; `lifespan` puts the pipeline and the lifecycle on `app.state`."""
     app = FastAPI(
@@ -257,30 +275,28 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
 
     async def predict(request: Request) -> Response:
         model, version = path_model_version(request)
-        body = PredictBody.of(json_codec.loads(await read_body(request, limit)))
+        body = predict_body(json_codec.loads(await read_body(request, limit)))
         # The id goes back out in a response header: only a checked one may.
         request_id = limits.request_id(body.request_id, "'request_id'") or limits.request_id(
             request.headers.get("x-request-id"), "x-request-id"
         )
         ctx = RequestContext(
-            "predict",
+            "predict_instances" if isinstance(body, InstancesBody) else "predict",
             model,
             version or request.headers.get(VERSION_HEADER),
             request_id=request_id,
             deadline=header_deadline(request),
             limits=limits,
         )
-        work = pipeline(request).predict(ctx, body.entities, body.features, body.parameters)
+        if isinstance(body, InstancesBody):
+            work = pipeline(request).predict_instances(ctx, body.instances, body.parameters)
+            render = v1_predictions
+        else:
+            work = pipeline(request).predict(ctx, body.entities, body.features, body.parameters)
+            render = entity_predictions
         result = await unless_disconnected(request, ctx, work)
         return json_response(
-            {
-                "model": result.model,
-                "model_version": result.version,
-                "request_id": result.request_id,
-                "predictions": predictions_json(result.outputs),
-                "feature_status": result.feature_status(),
-                "flags": result.flags_per_row(),
-            },
+            render(result),
             headers={"x-request-id": result.request_id, VERSION_HEADER: result.version},
         )
 
@@ -309,6 +325,30 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
     async def server_metadata(request: Request) -> Response:
         return json_response(pipeline(request).server_metadata())
 
+    # Before /v2/models/{model}, which would take "stats" for a model's name.
+    @app.get("/v2/models/stats")
+    async def all_statistics(request: Request) -> Response:
+        return json_response(extensions.statistics(pipeline(request).registry, "", ""))
+
+    @app.get("/v2/models/{model}/stats")
+    @app.get("/v2/models/{model}/versions/{version}/stats")
+    async def model_statistics(request: Request, model: str, version: str = "") -> Response:
+        return json_response(extensions.statistics(pipeline(request).registry, model, version))
+
+    @app.get("/v2/models/{model}/config")
+    @app.get("/v2/models/{model}/versions/{version}/config")
+    async def model_config(request: Request, model: str, version: str | None = None) -> Response:
+        return json_response(extensions.model_config(pipeline(request).route, model, version))
+
+    @app.post("/v2/repository/index")
+    async def repository_index(request: Request) -> Response:
+        # tritonclient sends no body; Triton's `ready` filters nothing here: every version
+        # listed is loaded and ready.
+        body = await read_body(request, limit)
+        if body.strip():
+            RepositoryIndexBody.of(json_codec.loads(body))
+        return json_response(extensions.repository_index(pipeline(request).registry))
+
     @app.get("/v2/models/{model}")
     @app.get("/v2/models/{model}/versions/{version}")
     async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
@@ -319,6 +359,13 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
     async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
         served = pipeline(request).route.version(model, version)
         return json_response({"name": served.model, "ready": True})
+
+    async def v1_model_ready(request: Request) -> Response:
+        served = pipeline(request).route.version(request.path_params["model"], None)
+        return json_response({"name": served.model, "ready": True})
+
+    # KServe V1 readiness; a plain route, as FastAPI cannot take the path's convertor.
+    app.add_route("/v1/models/{model:v1_model}", v1_model_ready, methods=["GET"])
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -366,6 +413,35 @@ def predictions_json(outputs: dict[str, np.ndarray]) -> Any:
         (arr,) = outputs.values()
         return arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
     return outputs
+
+
+def entity_predictions(result: Prediction) -> dict[str, Any]:
+    return {
+        "model": result.model,
+        "model_version": result.version,
+        "request_id": result.request_id,
+        "predictions": predictions_json(result.outputs),
+        "feature_status": result.feature_status(),
+        "flags": result.flags_per_row(),
+    }
+
+
+def v1_predictions(result: Prediction) -> dict[str, Any]:
+    """KServe V1's answer: a prediction per instance (one output's values, or an object of
+    them per row, as TensorFlow Serving's row format); the rows' contract flags only when a
+    contract flagged one."""
+    if len(result.outputs) == 1:
+        doc: dict[str, Any] = {"predictions": predictions_json(result.outputs)}
+    else:
+        rows = len(next(iter(result.outputs.values())))
+        doc = {
+            "predictions": [
+                {name: arr[i] for name, arr in result.outputs.items()} for i in range(rows)
+            ]
+        }
+    if result.flags:
+        doc["flags"] = result.flags_per_row()
+    return doc
 
 
 def rows_to_matrix(

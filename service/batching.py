@@ -25,6 +25,7 @@ from service.protocol.errors import (
     Overloaded,
     Unavailable,
 )
+from service.statistics import InferenceStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class Batcher:
         config: BatchingConfig,
         model: str,
         version: str,
+        stats: InferenceStatistics | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("a batcher needs max_batch_size >= 1")
@@ -242,6 +244,7 @@ class Batcher:
         self._drained = asyncio.Event()
         self._cost = _CostModel()
         self._traffic = _Traffic()
+        self._stats = stats or InferenceStatistics()
 
         self._batch_size = metrics.BATCH_SIZE.labels(model, version)
         self._depth = metrics.QUEUE_DEPTH.labels(model, version)
@@ -341,6 +344,7 @@ class Batcher:
     ) -> Tensors:
         """The batch of one request, run in its caller's task: no queue, no extra task."""
         self._wait.observe(0.0)
+        self._stats.queued(0.0)
         self._batch_size.observe(rows)
         self._releases["idle"].inc()
         self._running += 1
@@ -358,7 +362,9 @@ class Batcher:
             self._running -= 1
             if self._queued_requests:
                 self._poke()
-        self._cost.observe(rows, time.monotonic() - now)
+        elapsed = time.monotonic() - now
+        self._cost.observe(rows, elapsed)
+        self._stats.executed(elapsed, rows, 1)
         if outputs is None:
             return result
         try:
@@ -551,6 +557,7 @@ class Batcher:
                 if not request.queued:
                     self._queued_requests -= 1
                     self._depth.dec()
+                    self._stats.queued(now - request.arrival)
                 self._wait.observe(now - request.arrival)
                 batch.append(chunk)
         self._queued_rows -= rows
@@ -581,7 +588,9 @@ class Batcher:
             for chunk in batch:
                 self._fail(chunk.request, error)
         else:
-            self._cost.observe(rows, time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            self._cost.observe(rows, elapsed)
+            self._stats.executed(elapsed, rows, len(batch))
             self._deliver(batch, outputs)
         finally:
             self._running -= 1

@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from grpc.aio import ServicerContext
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from service.metrics import in_flight
+from service.pipeline import extensions
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.request import RequestContext
 from service.protocol.grpc_codec import (
@@ -33,7 +35,6 @@ from service.protocol.grpc_codec import (
 )
 from service.protocol.limits import DEFAULT_LIMITS, Limits
 from service.protocol.v2 import InferRequest
-from service.repository.config import PLATFORMS, ModelConfig, TensorSpec
 from service.settings import Settings
 from service.tokens import INFERENCE, Forbidden, Tokens, Unauthenticated
 
@@ -74,7 +75,8 @@ def client_deadline(context: ServicerContext) -> float | None:
 
 
 class InferenceServicer:
-    """inference.GRPCInferenceService: health, metadata, config and inference."""
+    """inference.GRPCInferenceService: health, metadata, config, statistics, the repository
+    index and inference."""
 
     def __init__(self, pipeline: Pipeline, limits: Limits = DEFAULT_LIMITS) -> None:
         self.pipeline = pipeline
@@ -105,8 +107,21 @@ class InferenceServicer:
 
     @unary
     async def ModelConfig(self, request: Message, context: ServicerContext) -> Message:
-        served = self.pipeline.route.version(request.name, request.version)
-        return service_pb2.ModelConfigResponse(config=model_config_message(served.mv.config))
+        doc = extensions.model_config(self.pipeline.route, request.name, request.version)
+        return service_pb2.ModelConfigResponse(
+            config=json_format.ParseDict(doc, model_config_pb2.ModelConfig())
+        )
+
+    @unary
+    async def ModelStatistics(self, request: Message, context: ServicerContext) -> Message:
+        doc = extensions.statistics(self.pipeline.registry, request.name, request.version)
+        return json_format.ParseDict(doc, service_pb2.ModelStatisticsResponse())
+
+    @unary
+    async def RepositoryIndex(self, request: Message, context: ServicerContext) -> Message:
+        # Every version listed is loaded and ready, so `ready` filters nothing out.
+        models = extensions.repository_index(self.pipeline.registry)
+        return json_format.ParseDict({"models": models}, service_pb2.RepositoryIndexResponse())
 
     @unary
     async def ModelInfer(self, request: Message, context: ServicerContext) -> Message:
@@ -182,40 +197,11 @@ def _not_served(name: str) -> Unary:
     return call
 
 
-# Triton's extras (statistics, repository control, shared memory, trace and log settings) are
-# not served. The generated base servicer answers them too, but logs a traceback each time.
+# Triton's other extras (repository control, shared memory, trace and log settings) are not
+# served. The generated base servicer answers them too, but logs a traceback each time.
 for _method in _SERVICE.methods:
     if _method.name not in vars(InferenceServicer):
         setattr(InferenceServicer, _method.name, _not_served(_method.name))
-
-
-def model_config_message(config: ModelConfig) -> Message:
-    """The part of Triton's ModelConfig that config.yaml determines, and nothing invented."""
-    msg = model_config_pb2.ModelConfig(
-        name=config.name,
-        platform=PLATFORMS[config.backend],
-        backend=config.backend,
-        max_batch_size=config.max_batch_size,
-        input=[model_config_pb2.ModelInput(**_tensor_config(s)) for s in config.inputs],
-        output=[model_config_pb2.ModelOutput(**_tensor_config(s)) for s in config.outputs],
-    )
-    batching = config.dynamic_batching
-    if batching is not None:
-        dynamic = msg.dynamic_batching
-        dynamic.max_queue_delay_microseconds = batching.max_queue_delay_us
-        dynamic.preferred_batch_size.extend(batching.preferred_batch_sizes)
-        dynamic.priority_levels = batching.priority_levels
-        dynamic.default_priority_level = batching.default_priority_level
-        dynamic.default_queue_policy.max_queue_size = batching.max_queue_size
-        if batching.default_timeout_us is not None:
-            dynamic.default_queue_policy.default_timeout_microseconds = batching.default_timeout_us
-    return msg
-
-
-def _tensor_config(spec: TensorSpec) -> dict[str, Any]:
-    # Model configs name BYTES "TYPE_STRING"; every other type is TYPE_ + its V2 name.
-    data_type = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
-    return {"name": spec.name, "data_type": data_type, "dims": spec.dims}
 
 
 class InferenceTokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]

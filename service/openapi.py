@@ -15,7 +15,13 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.protocol.bodies import FeaturePushBody, FeedbackBody, PredictBody
+from service.protocol.bodies import (
+    FeaturePushBody,
+    FeedbackBody,
+    InstancesBody,
+    PredictBody,
+    RepositoryIndexBody,
+)
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.protocol.json_codec import HEADER_LENGTH
 
@@ -100,6 +106,23 @@ PREDICT_RESPONSE: Doc = {
     },
 }
 
+# KServe V1's answer to `instances`; `flags` only when an output contract flagged a row.
+V1_PREDICT_RESPONSE: Doc = {
+    "type": "object",
+    "required": ["predictions"],
+    "properties": {"predictions": {"type": "array"}, "flags": {"type": "array"}},
+}
+
+# The two forms of :predict, told apart by their keys.
+PREDICT_REQUEST: Doc = {"oneOf": [_ref("PredictBody"), _ref("InstancesBody")]}
+PREDICT_ANSWER: Doc = {"oneOf": [_ref("PredictResponse"), _ref("V1PredictResponse")]}
+
+V1_READY: Doc = {
+    "type": "object",
+    "required": ["name", "ready"],
+    "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+}
+
 PUSH_RESPONSE: Doc = {
     "type": "object",
     "required": ["view", "written"],
@@ -163,17 +186,20 @@ BINARY_HEADER: Doc = {
 }
 
 
+def _answer(why: str, schema: str) -> Doc:
+    return {"description": why, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _failure(why: str) -> Doc:
+    return _answer(why, "Error")
+
+
 def _operation(
     summary: str, body: str, answer: str, parameters: list[Doc], failures: dict[str, str]
 ) -> Doc:
-    responses: Doc = {
-        "200": {"description": "OK", "content": {"application/json": {"schema": _ref(answer)}}}
-    }
+    responses: Doc = {"200": _answer("OK", answer)}
     for status, why in failures.items():
-        responses[status] = {
-            "description": why,
-            "content": {"application/json": {"schema": _ref("Error")}},
-        }
+        responses[status] = _failure(why)
     return {
         "summary": summary,
         "parameters": parameters,
@@ -188,7 +214,7 @@ def _operation(
 
 def _inference_paths() -> dict[str, Doc]:
     infer = ("V2 inference", "InferenceRequest", "InferenceResponse")
-    predict = ("Predict by entity ids", "PredictBody", "PredictResponse")
+    predict = ("Predict by entity ids or KServe V1 instances", "PredictRequest", "PredictAnswer")
     routes = {
         "/v2/models/{model}/infer": (infer, [MODEL, QUERY_VERSION, BINARY_HEADER]),
         "/v2/models/{model}/versions/{version}/infer": (infer, [MODEL, VERSION, BINARY_HEADER]),
@@ -215,8 +241,14 @@ def add_inference_paths(doc: Doc) -> None:
             "InferenceTensor": TENSOR,
             "InferenceRequest": INFER_REQUEST,
             "InferenceResponse": INFER_RESPONSE,
+            "PredictRequest": PREDICT_REQUEST,
             "PredictBody": _schema_of(PredictBody),
+            "InstancesBody": _schema_of(InstancesBody),
+            "PredictAnswer": PREDICT_ANSWER,
             "PredictResponse": PREDICT_RESPONSE,
+            "V1PredictResponse": V1_PREDICT_RESPONSE,
+            "V1ModelReady": V1_READY,
+            "RepositoryIndexBody": _schema_of(RepositoryIndexBody),
             "FeaturePushBody": _schema_of(FeaturePushBody),
             "FeaturePushResponse": PUSH_RESPONSE,
             "FeedbackBody": _schema_of(FeedbackBody),
@@ -239,6 +271,21 @@ def add_inference_paths(doc: Doc) -> None:
         {**PUSH_FAILURES, "409": "no audit log to join labels to"},
     )
     doc["paths"]["/v1/feedback"]["post"].update(labels)
+    # So is the repository index, whose body may be left out (tritonclient sends none).
+    index = doc["paths"]["/v2/repository/index"]["post"]
+    index["requestBody"] = {
+        "required": False,
+        "content": {"application/json": {"schema": _ref("RepositoryIndexBody")}},
+    }
+    index["responses"]["400"] = _failure(FAILURES["400"])
+    # KServe V1 readiness is a plain route (its path has a convertor FastAPI cannot read).
+    doc["paths"]["/v1/models/{model}"] = {
+        "get": {
+            "summary": "KServe V1 model readiness",
+            "parameters": [MODEL],
+            "responses": {"200": _answer("OK", "V1ModelReady"), "404": _failure(FAILURES["404"])},
+        }
+    }
 
 
 def openapi_with_inference_paths(app: FastAPI) -> Callable[[], Doc]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from service.audit import AuditRecord
     from tests.triton_support import TritonServer
 
 from loadtests.processes import RedisCluster, free_port, redis_cluster, stop, wait_for_port
@@ -135,6 +136,23 @@ class GatewayProcess:
 
     def stop(self) -> None:
         stop(self.proc)
+
+    def audited(self, request_id: str, timeout_s: float = 10.0) -> list[AuditRecord]:
+        """The records of `request_id` in this gateway's audit file (start_gateway puts it
+        beside the log), once the background writer has written them."""
+        from service.audit import decode_record
+        from service.audit.framing import iter_file
+
+        path = self.log.parent / f"audit-{self.port}.log"
+        found: list[AuditRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while not found and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if path.exists():
+                found = [
+                    r for r in map(decode_record, iter_file(path)) if r.request_id == request_id
+                ]
+        return found
 
 
 def start_gateway(

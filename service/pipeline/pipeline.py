@@ -92,9 +92,11 @@ class Pipeline:
         served = self.route.version(model, version)
         config = served.mv.config
         batch = [-1] if config.max_batch_size > 0 else []
+        # A version named in the path is described alone; the model, by every version loaded.
+        versions = [served.version] if version else sorted(self.registry.loaded(model), key=int)
         return {
             "name": served.model,
-            "versions": sorted(self.registry.loaded(served.model), key=int),
+            "versions": versions,
             "platform": config.platform_of(served.version),
             "inputs": [
                 {"name": s.name, "datatype": s.datatype, "shape": batch + list(s.dims)}
@@ -144,6 +146,20 @@ class Pipeline:
             validate.check_entities(served, ids)
             return await self._run(served, ctx, {}, ids, overrides)
 
+    async def predict_instances(
+        self, ctx: RequestContext, instances: Sequence[object], parameters: Mapping[str, Any]
+    ) -> Prediction:
+        """KServe V1 rows of model inputs: routed, batched, guarded and recorded as any other
+        request, without a feature read (the client sent the features)."""
+        with self.record.observed(ctx.endpoint) as labels:
+            ctx.version = explicit_version(ctx.version, None, parameters)
+            ctx.schedule(parameters)
+            served = self.route.resolve(ctx, None)
+            labels.update(model=served.model, version=served.version)
+            given = validate.instance_inputs(served, instances)
+            inputs, _ = validate.split_inputs(served, given, ctx.limits)
+            return await self._run(served, ctx, inputs, None, None)
+
     async def _run(
         self,
         served: Served,
@@ -160,11 +176,17 @@ class Pipeline:
                 features = await self._features(served, inputs, entity_ids, overrides)
                 fetched = time.perf_counter()
                 scores = await score(served, inputs, ctx)
+                scored = time.perf_counter()
                 outputs, verdict = await self.guard.check(served, inputs, scores, ctx)
             except Exception as exc:
                 self.record.tally(served, decision, started, error=server_side(exc), flagged=False)
+                served.stats.failed(time.perf_counter() - ctx.started)
                 raise
         done = time.perf_counter()
+        if verdict.rejected:
+            served.stats.failed(done - ctx.started)
+        else:
+            served.stats.answered(done - ctx.started, fetched - started, done - scored)
         prediction = Prediction(
             request_id=ctx.request_id,
             model=served.model,

@@ -27,6 +27,7 @@ from service.protocol.datatypes import numpy_dtype
 from service.protocol.errors import NotFound
 from service.repository.config import InputSpec, ModelConfig
 from service.repository.loader import ModelVersion
+from service.statistics import InferenceStatistics
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Served:
     # Requests using this version now: a version taken out of service closes once none are left.
     inflight: int = 0
     drained: asyncio.Event | None = None
+    stats: InferenceStatistics = field(default_factory=InferenceStatistics)
 
     @property
     def model(self) -> str:
@@ -118,6 +120,7 @@ def prepare(
             config=config,
             model=mv.model,
             version=mv.version,
+            stats=served.stats,
         )
     return served
 

@@ -77,6 +77,42 @@ def entity_list(entity_ids: Sequence[object], limits: Limits) -> list[str]:
     return list(entity_ids)  # type: ignore[arg-type]
 
 
+def instance_inputs(served: Served, instances: Sequence[object]) -> dict[str, np.ndarray]:
+    """KServe V1 `instances` as input tensors: objects naming the inputs (TensorFlow Serving's
+    row format), or, for a model of one input, each row that input's values in order."""
+    if all(isinstance(row, dict) for row in instances):
+        rows: list[dict[str, object]] = list(instances)  # type: ignore[arg-type]
+        names = list(rows[0])
+        for i, row in enumerate(rows):
+            if list(row) != names:
+                raise InvalidInput(f"instances[{i}] names other inputs than instances[0]")
+        if served.plan is not None and served.plan.entity in names:
+            raise InvalidInput(
+                f"'instances' carry model inputs; send entity ids as 'entities', "
+                f"not '{served.plan.entity}'"
+            )
+        columns = {name: [row[name] for row in rows] for name in names}
+    elif any(isinstance(row, dict) for row in instances):
+        raise InvalidInput("'instances' must all be objects or all be rows of values")
+    elif len(served.inputs) == 1:
+        columns = {next(iter(served.inputs)): list(instances)}
+    else:
+        raise InvalidInput(
+            f"model '{served.model}' has {len(served.inputs)} inputs: give each instance "
+            f"as an object naming them ({', '.join(served.inputs)})"
+        )
+    tensors = {}
+    for name, values in columns.items():
+        try:
+            # An unknown name converts as it comes, for split_inputs to refuse by name.
+            tensors[name] = np.asarray(values, dtype=served.input_dtypes.get(name))
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidInput(
+                f"input '{name}': instances must be equally long rows of numbers"
+            ) from None
+    return tensors
+
+
 def check_entities(served: Served, entity_ids: list[str]) -> None:
     """Entity ids for a version: it must build an input from features, and take that many."""
     if served.plan is None:

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from service.protocol.errors import InvalidInput
 from service.validation import describe
@@ -27,16 +35,41 @@ class Body(BaseModel):
             raise InvalidInput(f"invalid body: {describe(exc)}") from None
 
 
-class PredictBody(Body):
-    """POST /v1/models/{model}[/versions/{version}]:predict"""
+class _Predict(Body):
+    """What both forms of POST /v1/models/{model}[/versions/{version}]:predict may carry."""
+
+    # V2-style parameters: priority, timeout (µs), version.
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    request_id: str | None = None
+
+
+class PredictBody(_Predict):
+    """The entity form: features are read from the online store."""
 
     # Checked by the pipeline: a non-empty list of non-empty strings.
     entities: list[Any]
     # Request-time feature values: "view.feature" -> one value, or one per entity.
     features: dict[str, Any] | None = None
-    # V2-style parameters: priority, timeout (µs), version.
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    request_id: str | None = None
+
+
+class InstancesBody(_Predict):
+    """KServe V1's form: the rows of model inputs themselves."""
+
+    # Rows of one input's values, or objects of input name -> values (checked by the pipeline).
+    instances: list[Any] = Field(min_length=1)
+
+
+def predict_body(doc: Any) -> PredictBody | InstancesBody:
+    """The :predict body, its form told by its keys: 'instances' or 'entities'."""
+    forms = "'instances' (rows of model inputs) or 'entities' (entity ids whose features are read)"
+    if isinstance(doc, dict):
+        if "instances" in doc and "entities" in doc:
+            raise InvalidInput(f"give either {forms}, not both")
+        if "instances" in doc:
+            return InstancesBody.of(doc)
+        if "entities" not in doc:
+            raise InvalidInput(f"the body needs {forms}")
+    return PredictBody.of(doc)
 
 
 class FeaturePushBody(Body):
@@ -70,3 +103,10 @@ class FeedbackBody(Body):
         if by_entity and len(self.labels) != 1:
             raise ValueError("an entity's row takes one label")
         return self
+
+
+class RepositoryIndexBody(Body):
+    """POST /v2/repository/index (Triton's repository extension); the body may be empty."""
+
+    # Only versions ready to serve; every version mlgate lists is.
+    ready: StrictBool = False

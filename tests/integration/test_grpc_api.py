@@ -29,8 +29,6 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from service.audit import AuditRecord, decode_record
-from service.audit.framing import iter_file
 from service.repository.config import read_config
 from tests.conftest import MODELS_DIR, GatewayProcess, free_port, start_gateway
 from tests.integration.test_http_api import features_of, reference, store_url
@@ -275,16 +273,7 @@ def test_grpc_predictions_are_audited(
 ) -> None:
     ids = ids_of("u6", "u7")
     result = client.infer("fraud_mlp", [raw_input("user_id", ids)], request_id="grpc-audited")
-    # start_gateway points each gateway's audit log at a file beside its log.
-    path = fronts.gateway.log.parent / f"audit-{fronts.gateway.port}.log"
-    found: list[AuditRecord] = []
-    deadline = time.monotonic() + 10
-    while not found and time.monotonic() < deadline:
-        time.sleep(0.1)
-        if path.exists():
-            records = map(decode_record, iter_file(path))
-            found = [r for r in records if r.request_id == "grpc-audited"]
-    (record,) = found
+    (record,) = fronts.gateway.audited("grpc-audited")
     assert record.entity_ids == ["u6", "u7"] and record.model == "fraud_mlp"
     np.testing.assert_array_equal(record.outputs["probability"], result.as_numpy("probability"))
 
@@ -429,9 +418,9 @@ def test_unknown_model_metadata_and_readiness_are_not_found(stub: Any) -> None:
 
 def test_rpcs_not_served_are_unimplemented(stub: Any) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        stub.ModelStatistics(service_pb2.ModelStatisticsRequest())
+        stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="fraud_mlp"))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert err.value.details() == "mlgate does not serve ModelStatistics"
+    assert err.value.details() == "mlgate does not serve RepositoryModelLoad"
 
 
 def test_client_deadline_is_deadline_exceeded(client: triton_grpc.InferenceServerClient) -> None:

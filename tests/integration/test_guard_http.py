@@ -110,6 +110,16 @@ def test_flags_reach_v2_responses_and_metrics(gateway: GatewayProcess, cut: dict
     assert 'mlgate_guard_flag_rate{model="fraud_flag",version="2"}' in text
 
 
+def test_v1_instances_meet_the_same_contracts(gateway: GatewayProcess, cut: dict[str, Any]) -> None:
+    x = demo_features(ENTITIES)
+    instances = [x[int(cut[row][1:])].tolist() for row in ("kept", "broken")]
+    url = f"{gateway.url}/v1/models/fraud_{{}}/versions/2:predict"
+    r = httpx.post(url.format("flag"), json={"instances": instances}, timeout=10)
+    assert r.json()["flags"] == [[], ["probability:above_max"]]
+    r = httpx.post(url.format("reject"), json={"instances": instances}, timeout=10)
+    assert r.status_code == 422 and "probability" in r.json()["error"]
+
+
 def test_reject_answers_422_with_the_reason(gateway: GatewayProcess, cut: dict[str, Any]) -> None:
     r = predict(gateway, "fraud_reject", cut["kept"], cut["broken"])
     assert r.status_code == 422

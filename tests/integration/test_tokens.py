@@ -255,8 +255,8 @@ async def test_openapi_documents_the_inference_routes_and_hides_the_admin_api(
     bodies = {
         "/v2/models/{model}/infer": "InferenceRequest",
         "/v2/models/{model}/versions/{version}/infer": "InferenceRequest",
-        "/v1/models/{model}:predict": "PredictBody",
-        "/v1/models/{model}/versions/{version}:predict": "PredictBody",
+        "/v1/models/{model}:predict": "PredictRequest",
+        "/v1/models/{model}/versions/{version}:predict": "PredictRequest",
         "/v1/features/{view_name}": "FeaturePushBody",
     }
     for path, body in bodies.items():
@@ -268,8 +268,12 @@ async def test_openapi_documents_the_inference_routes_and_hides_the_admin_api(
         assert {"200", "400", "401", "403", "404"} <= set(post["responses"]), path
     assert schemas["PredictBody"]["required"] == ["entities"]
     assert schemas["FeaturePushBody"]["additionalProperties"] is False
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{model}"):
+    getters = ["/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{model}"]
+    getters += ["/v2/models/{model}/config", "/v2/models/stats", "/v1/models/{model}"]
+    for path in getters:
         assert "get" in paths[path], path
+    assert schemas["InstancesBody"]["required"] == ["instances"]
+    assert "requestBody" in paths["/v2/repository/index"]["post"]
     # Every reference resolves inside the document.
     assert not [ref for ref in refs(doc) if ref.split("/")[-1] not in schemas]
 
