@@ -21,7 +21,7 @@ from feature_store.errors import ViewConfigError
 from feature_store.views import load_views
 from service.backends.base import Backend
 from service.backends.onnx import CPU, OnnxBackend
-from service.backends.triton import TritonBackend
+from service.heap import release_freed_heap
 from service.protocol.errors import GatewayError
 from service.repository.checks import FeatureViewLike, binding_errors, graph_errors
 from service.repository.config import (
@@ -120,6 +120,7 @@ class Repository:
         except BaseException:
             await repository.close()
             raise
+        release_freed_heap()
         for model in repository.models.values():
             devices = sorted({v.backend.device for v in model.versions.values()})
             logger.info(
@@ -151,6 +152,7 @@ class Repository:
         except BaseException:
             await found.backend.close()
             raise
+        release_freed_heap()
         return found
 
     async def close(self) -> None:
@@ -282,6 +284,10 @@ class _OpenedModel:
         return Model(self.config.name, self.config, versions, self.default_version)
 
     async def _open_triton(self, version: str, triton_version: str) -> None:
+        # Imported only by a repository with a Triton version: tritonclient, aiohttp and
+        # gevent are ~12 MiB of every process otherwise (docs/memory.md).
+        from service.backends.triton import TritonBackend
+
         options = self.config.triton
         assert options is not None, "ModelConfig makes a triton section for triton versions"
         try:

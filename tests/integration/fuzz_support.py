@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-from feature_store.loader import seed_synthetic
 from feature_store.open import open_store
+from feature_store.synthetic import seed_synthetic
 from feature_store.views import load_views
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.server import create_app
