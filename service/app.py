@@ -358,7 +358,8 @@ def create_http_app(settings: Settings, lifespan: Lifespan) -> FastAPI:
     @app.get("/v2/models/{model}/versions/{version}/ready")
     async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
         served = pipeline(request).route.version(model, version)
-        return json_response({"name": served.model, "ready": True})
+        ok = not request.app.state.drain.draining
+        return json_response({"name": served.model, "ready": ok}, 200 if ok else 503)
 
     async def v1_model_ready(request: Request) -> Response:
         served = pipeline(request).route.version(request.path_params["model"], None)

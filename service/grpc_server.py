@@ -81,6 +81,8 @@ class InferenceServicer:
     def __init__(self, pipeline: Pipeline, limits: Limits = DEFAULT_LIMITS) -> None:
         self.pipeline = pipeline
         self.limits = limits
+        # Set when the process drains: still serving, but asking clients to go elsewhere.
+        self.draining = False
 
     @unary
     async def ServerLive(self, request: Message, context: ServicerContext) -> Message:
@@ -88,12 +90,13 @@ class InferenceServicer:
 
     @unary
     async def ServerReady(self, request: Message, context: ServicerContext) -> Message:
-        return service_pb2.ServerReadyResponse(ready=await self.pipeline.ready())
+        ready = not self.draining and await self.pipeline.ready()
+        return service_pb2.ServerReadyResponse(ready=ready)
 
     @unary
     async def ModelReady(self, request: Message, context: ServicerContext) -> Message:
         self.pipeline.route.version(request.name, request.version)
-        return service_pb2.ModelReadyResponse(ready=True)
+        return service_pb2.ModelReadyResponse(ready=not self.draining)
 
     @unary
     async def ServerMetadata(self, request: Message, context: ServicerContext) -> Message:
@@ -260,9 +263,8 @@ class GrpcFront:
                 ("grpc.so_reuseport", 1),
             ],
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(pipeline, Limits.of(settings)), self._server
-        )
+        self._inference = InferenceServicer(pipeline, Limits.of(settings))
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._inference, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -286,8 +288,9 @@ class GrpcFront:
         return front
 
     async def drain(self) -> None:
-        """Every health status NOT_SERVING from now on (later readiness checks are ignored);
-        calls are still served until stop()."""
+        """Every health status NOT_SERVING and V2 ServerReady and ModelReady false from now on
+        (later readiness checks are ignored); calls are still served until stop()."""
+        self._inference.draining = True
         await self._health.enter_graceful_shutdown()
 
     async def stop(self) -> None:

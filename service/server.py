@@ -17,8 +17,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from feature_store.loader import seed_synthetic
 from feature_store.open import open_store
+from feature_store.synthetic import seed_synthetic
 from feature_store.views import declared_views
 from service.admin import install_admin
 from service.app import create_http_app

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
+import sys
 from types import FrameType
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from service.listen import PortUnavailable, http_socket
 from service.metrics import WORKER_RESTARTS
 from service.settings import Settings
 
@@ -26,8 +29,8 @@ class Supervisor(Multiprocess):
     """uvicorn's worker supervisor, which also counts the workers it replaces and remembers a
     worker that could not start (uvicorn stops then, but exits 0)."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config, sockets=[config.bind_socket()])
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        super().__init__(config, sockets=[sock])
         self.startup_failed = False
 
     def keep_subprocess_alive(self) -> None:
@@ -48,6 +51,11 @@ def _stopped(sig: int, frame: FrameType | None) -> None:
 
 def run_gateway(settings: Settings) -> int:
     """Serve until stopped; the exit status: 0, or uvicorn's start-up failure status."""
+    try:
+        sock = http_socket(settings)
+    except PortUnavailable as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return STARTUP_FAILURE
     config = uvicorn.Config(
         "service.server:create_app_from_env",
         factory=True,
@@ -60,10 +68,10 @@ def run_gateway(settings: Settings) -> int:
         access_log=False,
     )
     if settings.workers > 1:
-        supervisor = Supervisor(config)
+        supervisor = Supervisor(config, sock)
         supervisor.run()
         return STARTUP_FAILURE if supervisor.startup_failed else 0
     signal.signal(signal.SIGTERM, _stopped)
     server = uvicorn.Server(config)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else STARTUP_FAILURE

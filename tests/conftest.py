@@ -75,8 +75,8 @@ def seeded_url(server: RedisServer, db: int, entities: int) -> str:
     """db `db` of `server`, holding the demo views' synthetic entities u0 .. u{entities-1}."""
     import asyncio
 
-    from feature_store.loader import seed_synthetic
     from feature_store.open import open_store
+    from feature_store.synthetic import seed_synthetic
     from feature_store.views import load_views
 
     url = f"redis://127.0.0.1:{server.port}/{db}"

@@ -23,11 +23,10 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tritonclient import grpc as grpcclient
 from tritonclient import http as httpclient
 from tritonclient.grpc import aio as grpc_aio
@@ -35,6 +34,7 @@ from tritonclient.http import aio as http_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from service.backends.base import Backend, TensorSignature
+from service.backends.triton_options import TritonOptions
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.protocol.errors import (
     BackendError,
@@ -44,56 +44,13 @@ from service.protocol.errors import (
     Overloaded,
     Unavailable,
 )
-from service.versions import check_version
 
 logger = logging.getLogger(__name__)
 
-_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$")
 # Triton prefixes some messages with the request id, which is empty for mlgate's requests.
 _REQUEST_ID_PREFIX = re.compile(r"^\[request id: [^\]]*\] ")
 # The Python backend appends the model's traceback; its last exception line says what failed.
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*")
-
-
-class TritonOptions(BaseModel):
-    """The `triton` section of a model's config.yaml."""
-
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-
-    # host:port of each server's gRPC port (HTTP port with protocol: http).
-    endpoints: list[str] = Field(min_length=1)
-    protocol: Literal["grpc", "http"] = "grpc"
-    # Triton's name for the model; this model's name when absent.
-    model_name: str | None = Field(default=None, min_length=1)
-    # Triton's version of each version that Triton serves; the same number when absent.
-    model_versions: dict[str, str] = Field(default_factory=dict)
-    # The longest one call to Triton may take; a request's deadline shortens it. Also bounds each
-    # call made at load.
-    timeout_s: float = Field(default=5.0, gt=0)
-    # Further endpoints tried after one that cannot serve; see the module's docstring.
-    retries: int = Field(default=1, ge=0)
-    # Consecutive failures that mark an endpoint down.
-    failure_threshold: int = Field(default=3, ge=1)
-    # How often every endpoint is checked, and how long one check may take.
-    health_interval_s: float = Field(default=1.0, gt=0)
-
-    @field_validator("endpoints")
-    @classmethod
-    def _addresses(cls, value: list[str]) -> list[str]:
-        for endpoint in value:
-            if not _ENDPOINT.match(endpoint):
-                raise ValueError(f"{endpoint!r} is not host:port")
-        duplicates = sorted({e for e in value if value.count(e) > 1})
-        if duplicates:
-            raise ValueError(f"endpoint {', '.join(map(repr, duplicates))} listed twice")
-        return value
-
-    @field_validator("model_versions")
-    @classmethod
-    def _version_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in (*value, *value.values()):
-            check_version(name)
-        return value
 
 
 class _EndpointDown(Unavailable):

@@ -76,10 +76,16 @@ class Features:
     """Reads for the request path, writes for the feature push; both fail the same way."""
 
     def __init__(
-        self, store: OnlineStore, views: Mapping[str, FeatureView], *, coalesce: bool
+        self,
+        store: OnlineStore,
+        views: Mapping[str, FeatureView],
+        *,
+        coalesce: bool,
+        fetch_slice: int = FETCH_SLICE,
     ) -> None:
         self.store = store
         self.views = dict(views)
+        self.fetch_slice = fetch_slice
         # Concurrent requests' reads share one store round trip (feature_store/coalescing.py).
         self._reader: OnlineStore | CoalescingReader = (
             CoalescingReader(store) if coalesce else store
@@ -90,7 +96,7 @@ class Features:
     async def fetch(self, plan: FeaturePlan, entity_ids: list[str]) -> list[ViewRows]:
         started = time.perf_counter()
         try:
-            if len(entity_ids) <= FETCH_SLICE:
+            if len(entity_ids) <= self.fetch_slice:
                 rows = await self._reader.read(plan.views, entity_ids)
             else:
                 rows = await self._read_in_slices(plan, entity_ids)
@@ -104,10 +110,10 @@ class Features:
         return rows
 
     async def _read_in_slices(self, plan: FeaturePlan, entity_ids: list[str]) -> list[ViewRows]:
-        """`read`, FETCH_SLICE entities at a time, the views' rows joined in request order."""
+        """`read`, `fetch_slice` entities at a time, the views' rows joined in request order."""
         parts: list[list[ViewRows]] = []
-        for start in range(0, len(entity_ids), FETCH_SLICE):
-            chunk = entity_ids[start : start + FETCH_SLICE]
+        for start in range(0, len(entity_ids), self.fetch_slice):
+            chunk = entity_ids[start : start + self.fetch_slice]
             parts.append(await self._reader.read(plan.views, chunk))
         return [
             ViewRows(

@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from service.backends.onnx import OnnxOptions
-from service.backends.triton import TritonOptions
+from service.backends.triton_options import TritonOptions
 from service.batching import BatchingConfig
 from service.guard import GuardConfig, guard_config_errors
 from service.monitor.config import MonitoringConfig

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from service.backends.base import Backend
 from service.backends.onnx import CPU, OnnxBackend
-from service.backends.triton import TritonBackend
+from service.heap import release_freed_heap
 from service.monitor.profile import (
     REFERENCE_FILE,
     Profile,
@@ -128,6 +128,7 @@ class Repository:
         except BaseException:
             await repository.close()
             raise
+        release_freed_heap()
         for model in repository.models.values():
             unprofiled = [v for v, mv in model.versions.items() if mv.reference is None]
             if unprofiled:
@@ -167,6 +168,7 @@ class Repository:
         except BaseException:
             await found.backend.close()
             raise
+        release_freed_heap()
         return found
 
     async def close(self) -> None:
@@ -298,6 +300,10 @@ class _OpenedModel:
         return Model(self.config.name, self.config, versions, self.default_version)
 
     async def _open_triton(self, version: str, triton_version: str) -> None:
+        # Imported only by a repository with a Triton version: tritonclient, aiohttp and
+        # gevent are ~12 MiB of every process otherwise (docs/memory.md).
+        from service.backends.triton import TritonBackend
+
         options = self.config.triton
         assert options is not None, "ModelConfig makes a triton section for triton versions"
         try:

@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from feature_store.loader import synthetic_rows
+from feature_store.synthetic import synthetic_rows
 from feature_store.views import load_views
 from models.build import FEATURE_VIEWS
 from tests.conftest import MODELS_DIR, GatewayProcess

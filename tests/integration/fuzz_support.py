@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
@@ -15,8 +16,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-from feature_store.loader import seed_synthetic
 from feature_store.open import open_store
+from feature_store.synthetic import seed_synthetic
 from feature_store.views import load_views
 from service.protocol.datatypes import V2_TO_NUMPY
 from service.server import create_app
@@ -24,6 +25,7 @@ from service.settings import Settings
 from tests.conftest import MODELS_DIR, REPO_ROOT
 
 ADMIN_TOKEN = "fuzz-admin-token"
+INFERENCE_TOKEN = "fuzz-inference-token"
 SEEDED = 5
 # Every answer must come within this long; a slower one counts as a hang.
 ANSWER_TIMEOUT_S = 10.0
@@ -63,10 +65,20 @@ class Gateway:
     store_url: str
 
 
+def inference_token_file(directory: Path) -> Path:
+    """A token file holding INFERENCE_TOKEN, of the inference scope."""
+    path = directory / "tokens"
+    path.write_text(f"fuzz-inference:{INFERENCE_TOKEN}:inference\n")
+    return path
+
+
 @asynccontextmanager
-async def gateway(store_url: str, grpc_port: int | None = None) -> AsyncIterator[Gateway]:
+async def gateway(
+    store_url: str, grpc_port: int | None = None, inference_tokens: Path | None = None
+) -> AsyncIterator[Gateway]:
     """The real app (pipeline, onnxruntime, admin API, and the gRPC front when a port is
-    given) on `store_url`, seeded with entities u0..u{SEEDED-1}."""
+    given) on `store_url`, seeded with entities u0..u{SEEDED-1}; with `inference_tokens` (a
+    token file), inference asks for a token (--require-inference-token)."""
     views = load_views(MODELS_DIR / "feature_views.yaml")
     store = open_store(store_url)
     try:
@@ -83,6 +95,8 @@ async def gateway(store_url: str, grpc_port: int | None = None) -> AsyncIterator
             grpc_port=grpc_port,
             max_entities=64,
             max_tensor_elements=1 << 16,
+            admin_token_file=inference_tokens,
+            require_inference_token=inference_tokens is not None,
         )
     )
     async with app.router.lifespan_context(app):
@@ -126,3 +140,9 @@ def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
 def names(known: list[str]) -> st.SearchStrategy[str]:
     """Mostly a name the gateway knows, sometimes anything."""
     return st.sampled_from(known) | st.text(max_size=16)
+
+
+def authorizations(token: str) -> st.SearchStrategy[str]:
+    """An Authorization header value: mostly `token`, sometimes a wrong, malformed or empty
+    one (no header at all)."""
+    return st.sampled_from([f"Bearer {token}"] * 4 + ["Bearer wrong", "Basic x", "Bearer", ""])

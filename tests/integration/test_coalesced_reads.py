@@ -373,7 +373,7 @@ def test_every_caller_gets_its_own_rows_as_written(
 async def test_gateway_predictions_of_concurrent_requests_share_one_mget(
     redis_server: RedisServer, redis_url: str
 ) -> None:
-    from feature_store.loader import seed_synthetic
+    from feature_store.synthetic import seed_synthetic
     from feature_store.views import load_views
     from service.pipeline.request import RequestContext
     from service.server import serving

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import grpc
 import httpx
+import tritonclient.grpc as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loadtests.processes import free_port
 from service.audit.reader import tail
 from tests.conftest import GatewayProcess, start_gateway
 
-DELAY_S = 1.5
+DELAY_S = 2.0
 PREDICT = "/v1/models/fraud_mlp:predict"
 
 
@@ -50,6 +51,20 @@ async def probe(url: str, path: str) -> int:
         return (await client.get(path)).status_code
 
 
+def v2_readiness(port: int) -> tuple[bool, bool, bool]:
+    """What a KServe V2 gRPC client (tritonclient) is told: server live, server ready, model
+    ready."""
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        return (
+            client.is_server_live(),
+            client.is_server_ready(),
+            client.is_model_ready("fraud_mlp"),
+        )
+    finally:
+        client.close()
+
+
 def grpc_health(port: int) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
@@ -64,7 +79,9 @@ async def drain_under_load(gw: GatewayProcess, grpc_port: int) -> tuple[list[str
     clients = [asyncio.create_task(load(gw.url, n, stop, answered)) for n in range(4)]
     await asyncio.sleep(0.5)
     assert grpc_health(grpc_port) == health_pb2.HealthCheckResponse.SERVING
+    assert v2_readiness(grpc_port) == (True, True, True)
     assert await probe(gw.url, "/v2/health/ready") == 200
+    assert await probe(gw.url, "/v2/models/fraud_mlp/ready") == 200
     async with httpx.AsyncClient(base_url=gw.url, timeout=15) as slow_client:
         # In flight when the delay ends and the gateway stops accepting: it must be answered.
         sigterm_at = time.monotonic() + 0.3
@@ -83,12 +100,16 @@ async def drain_under_load(gw: GatewayProcess, grpc_port: int) -> tuple[list[str
         assert await probe(gw.url, "/v2/health/live") == 200
         status = await asyncio.to_thread(grpc_health, grpc_port)
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # The V2 readiness calls agree with the probes: live, but neither server nor model ready.
+        assert await asyncio.to_thread(v2_readiness, grpc_port) == (True, False, False)
+        assert await probe(gw.url, "/v2/models/fraud_mlp/ready") == 503
         # A client arriving during the delay, on a connection of its own, is still served.
         async with httpx.AsyncClient(base_url=gw.url, timeout=10) as late:
             r = await late.post(PREDICT, json=body("during-delay"))
         assert r.status_code == 200, r.text
         answered.append("during-delay")
-        await asyncio.sleep(DELAY_S / 2)
+        # Still within the delay (the checks above take their time on a loaded machine).
+        await asyncio.sleep(max(0.0, sigterm_at + DELAY_S * 0.75 - time.monotonic()))
         assert await probe(gw.url, "/v2/health/ready") == 503
         stop.set()
         await asyncio.gather(*clients)

@@ -14,10 +14,11 @@ import pytest
 import redis
 
 from feature_store.errors import ViewConfigError
-from feature_store.loader import load_file, seed_synthetic, synthetic_rows
+from feature_store.loader import load_file
 from feature_store.memory_store import MemoryStore
 from feature_store.redis_store import RedisStore
 from feature_store.store import Status
+from feature_store.synthetic import seed_synthetic, synthetic_rows
 from feature_store.views import FeatureView
 from tests.conftest import RedisServer
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -26,10 +28,13 @@ from tests.integration.fuzz_support import (
     ADMIN_TOKEN,
     ANSWER_TIMEOUT_S,
     DATATYPES,
+    INFERENCE_TOKEN,
     MODELS,
     Gateway,
+    authorizations,
     draw_many,
     gateway,
+    inference_token_file,
     json_values,
     leaks,
     names,
@@ -42,6 +47,8 @@ BODILESS_EXAMPLES = 10
 PINNED_EXAMPLES = 20
 OWN_EXAMPLES = 250
 ADMIN_EXAMPLES = 400
+# Per strategy, with inference tokens required: the token check and what lies past it.
+TOKEN_EXAMPLES = 150
 MIN_REQUESTS = 2000
 CONCURRENCY = 8
 INFERENCE_PATHS = ("/infer", ":predict")
@@ -244,9 +251,7 @@ def admin_calls(draw: st.DrawFn) -> Call:
         version=quote(draw(names(["1", "2", "3"])), safe=""),
         action=quote(draw(names(["load", "unload", "reload"])), safe=""),
     )
-    authorization = draw(
-        st.sampled_from([f"Bearer {ADMIN_TOKEN}"] * 4 + ["Bearer wrong", "Basic x", "Bearer", ""])
-    )
+    authorization = draw(authorizations(ADMIN_TOKEN))
     headers = {"authorization": authorization} if authorization else {}
     body = draw(
         st.none()
@@ -258,6 +263,15 @@ def admin_calls(draw: st.DrawFn) -> Call:
         | st.binary(max_size=40)
     )
     return Call(method, path, headers, None, body)
+
+
+@st.composite
+def with_inference_token(draw: st.DrawFn, calls: st.SearchStrategy[Call]) -> Call:
+    call = draw(calls)
+    authorization = draw(authorizations(INFERENCE_TOKEN))
+    if not authorization:
+        return call
+    return replace(call, headers={**call.headers, "authorization": authorization})
 
 
 # ---- sending and checking -----------------------------------------------------------------
@@ -295,14 +309,14 @@ def problems(call: Call, response: httpx.Response, store_url: str) -> list[str]:
     return found
 
 
-async def fuzz(gw: Gateway, calls: list[Call]) -> tuple[int, list[str]]:
+async def fuzz(gw: Gateway, calls: list[Call]) -> tuple[Counter[int], list[str]]:
+    """The statuses of the answers to `calls`, and what was wrong with them."""
     transport = httpx.ASGITransport(app=gw.app, raise_app_exceptions=False)
     failures: list[str] = []
-    sent = 0
+    statuses: Counter[int] = Counter()
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(client: httpx.AsyncClient, call: Call) -> None:
-        nonlocal sent
         async with gate:
             try:
                 response = await send(client, call)
@@ -311,14 +325,14 @@ async def fuzz(gw: Gateway, calls: list[Call]) -> tuple[int, list[str]]:
                 return
             if response is None:
                 return
-            sent += 1
+            statuses[response.status_code] += 1
             failures.extend(
                 f"{p}\n  <- {call.describe()}" for p in problems(call, response, gw.store_url)
             )
 
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         await asyncio.gather(*(one(client, call) for call in calls))
-    return sent, failures
+    return statuses, failures
 
 
 async def test_generated_http_requests_never_get_a_5xx_a_stray_shape_or_a_leak(
@@ -333,9 +347,25 @@ async def test_generated_http_requests_never_get_a_5xx_a_stray_shape_or_a_leak(
             (admin_calls(), ADMIN_EXAMPLES),
         ):
             calls += draw_many(strategy, count)
-        sent, failures = await fuzz(gw, calls)
+        statuses, failures = await fuzz(gw, calls)
+    sent = statuses.total()
     assert not failures, f"{len(failures)} of {sent} answers failed:\n" + "\n".join(failures[:15])
     assert sent >= MIN_REQUESTS, f"only {sent} requests were sent"
     routes = {c.url.split("?")[0] for c in calls}
     assert any(r.startswith("/admin/") for r in routes)
     assert any(r.endswith(INFERENCE_PATHS) for r in routes)
+
+
+async def test_generated_inference_requests_with_tokens_required_never_get_a_5xx_or_a_leak(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with gateway(redis_url, inference_tokens=inference_token_file(tmp_path)) as gw:
+        calls = [
+            *draw_many(with_inference_token(infer_calls()), TOKEN_EXAMPLES),
+            *draw_many(with_inference_token(predict_calls()), TOKEN_EXAMPLES),
+        ]
+        statuses, failures = await fuzz(gw, calls)
+    sent = statuses.total()
+    assert not failures, f"{len(failures)} of {sent} answers failed:\n" + "\n".join(failures[:15])
+    # Refused without the token, and past the check with it: scored, or refused by the codecs.
+    assert statuses[401] and statuses[403] and statuses[200] and statuses[400], statuses

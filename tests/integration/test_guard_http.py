@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from feature_store.loader import synthetic_rows
+from feature_store.synthetic import synthetic_rows
 from feature_store.views import load_views
 from service.audit import AuditRecord
 from service.audit.reader import tail

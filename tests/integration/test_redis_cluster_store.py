@@ -27,10 +27,11 @@ from redis.crc import key_slot
 from feature_store.coalescing import CoalescingReader
 from feature_store.codec import row_key
 from feature_store.errors import StoreUnavailable
-from feature_store.loader import load_file, synthetic_rows
+from feature_store.loader import load_file
 from feature_store.open import open_store
 from feature_store.redis_cluster_store import RedisClusterStore
 from feature_store.store import Lookup, OnlineStore, Status, ViewRows
+from feature_store.synthetic import synthetic_rows
 from feature_store.views import load_views
 from loadtests.processes import HOST, RedisCluster
 from service.server import create_app

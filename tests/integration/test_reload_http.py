@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from feature_store.loader import seed_synthetic
 from feature_store.open import open_store
+from feature_store.synthetic import seed_synthetic
 from feature_store.views import load_views
 from loadtests.generator import LoadSpec, RunResult
 from loadtests.runner import Job, execute

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from feature_store.loader import synthetic_rows
+from feature_store.synthetic import synthetic_rows
 from feature_store.views import load_views
 from replay.run import ReplayError, ReplayOptions, ReplayResult, replay
 from service.audit import AuditLog, AuditRecord

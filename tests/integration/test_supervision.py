@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,18 @@ from tests.conftest import REPO_ROOT, start_workers
 RESTARTS = re.compile(r"^mlgate_worker_restarts_total (\S+)$", re.MULTILINE)
 
 
+def serve_until_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mlgate serve` on a free port, expected to end by itself."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLGATE_")}
+    command = [
+        *(str(Path(sys.executable).parent / "mlgate"), "serve", "--port", str(free_port())),
+        *("--demo-entities", "10", "--log-level", "warning", *args),
+    ]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_worker_that_cannot_start_ends_serve_with_its_reason_in_one_line(
     tmp_path: Path, workers: int
@@ -28,26 +41,35 @@ def test_a_worker_that_cannot_start_ends_serve_with_its_reason_in_one_line(
     # The spill directory is wanted below a plain file: the worker fails in its lifespan, after
     # the parent's checks passed.
     (tmp_path / "plain").write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLGATE_")}
-    command = [
-        *(str(Path(sys.executable).parent / "mlgate"), "serve", "--port", str(free_port())),
-        *("--workers", str(workers), "--demo-entities", "10", "--log-level", "warning"),
-        *("--audit", f"file://{tmp_path}/audit.log"),
+    done = serve_until_exit(
+        *("--workers", str(workers), "--audit", f"file://{tmp_path}/audit.log"),
         *("--audit-spill-dir", str(tmp_path / "plain" / "spill")),
-    ]
-    done = subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     reasons = [line for line in done.stderr.splitlines() if "cannot start" in line]
     assert reasons, done.stderr
     assert all(line.endswith("Not a directory: '" + f"{tmp_path}/plain/spill'") for line in reasons)
+
+
+@pytest.mark.parametrize(("front", "workers"), [("HTTP", 1), ("HTTP", 2), ("gRPC", 2)])
+def test_a_port_in_use_ends_serve_with_one_line_naming_it(
+    tmp_path: Path, front: str, workers: int
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flag = "--port" if front == "HTTP" else "--grpc-port"
+        # The later --port wins over the helper's own.
+        done = serve_until_exit(
+            *("--workers", str(workers), "--audit", f"file://{tmp_path}/audit.log"),
+            *(flag, str(port)),
+        )
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines() == [
+        f"cannot start: {front} port {port} on 127.0.0.1: Address already in use"
+    ]
 
 
 def workers_of(parent: int) -> set[int]:

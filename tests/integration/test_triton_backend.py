@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from service.backends.onnx import OnnxBackend
-from service.backends.triton import TritonBackend, TritonOptions
+from service.backends.triton import TritonBackend
+from service.backends.triton_options import TritonOptions
 from service.pipeline.request import RequestContext
 from service.protocol.errors import (
     BackendError,

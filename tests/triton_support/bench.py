@@ -25,7 +25,8 @@ import uvloop
 from tritonclient import grpc as grpcclient
 
 from service.backends.onnx import OnnxBackend, OnnxOptions
-from service.backends.triton import TritonBackend, TritonOptions
+from service.backends.triton import TritonBackend
+from service.backends.triton_options import TritonOptions
 from tests.conftest import MODELS_DIR
 from tests.triton_support import MAX_BATCH_SIZE, start_triton
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from feature_store.loader import synthetic_rows
+from feature_store.synthetic import synthetic_rows
 from feature_store.views import load_views
 from service.backends.onnx import OnnxBackend, OnnxOptions
 from service.guard import Guard

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from feature_store.loader import synthetic_rows
+from feature_store.synthetic import synthetic_rows
 from feature_store.views import load_views
 from models.build import FEATURE_VIEWS, IR_VERSION, OPSET, VIEWS_FILE, build_all
 from service.monitor.profile import read_profile
