@@ -64,6 +64,14 @@ CONFIGS: dict[str, GatewayConfig] = {
     for c in (
         GatewayConfig("baseline", "one worker process, config.yaml as committed"),
         GatewayConfig(
+            "default",
+            "`mlgate serve` as it comes: --workers auto, one process per usable CPU with Redis"
+            " features; baseline runs one process",
+            env={"MLGATE_WORKERS": "auto"},
+            scenarios=("predict-1", "predict-8-zipf"),
+            compare_to="baseline",
+        ),
+        GatewayConfig(
             "grpc",
             "the same gateway, load on its V2 gRPC front (ModelInfer, raw tensors)",
             scenarios=("v2-dense-1", "mix"),

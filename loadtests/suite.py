@@ -215,7 +215,9 @@ def measure_gateway(
     serve_args = _serve_args(settings, redis_url, config, models)
     log = logs / f"{config.name}.log"
     runs = []
-    with gateway(serve_args, config.env, log, grpc=config.protocol == "grpc") as ports:
+    # One process unless the configuration says otherwise: the figures compare per process.
+    env = {"MLGATE_WORKERS": "1", **config.env}
+    with gateway(serve_args, env, log, grpc=config.protocol == "grpc") as ports:
         url = f"grpc://{HOST}:{ports.grpc}" if ports.grpc else f"http://{HOST}:{ports.http}"
         metrics_url = f"http://{HOST}:{ports.http}/metrics"
         for scenario in _scenarios(settings, config):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cpus import usable_cpus
+
+MAX_WORKERS = 64
 # A fixed batching delay beyond this is surely a unit mistake (milliseconds for microseconds).
 MAX_BATCHING_DELAY_US = 1_000_000
 
@@ -32,7 +35,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     # The gRPC front (Open Inference Protocol) listens here when set; same host as HTTP.
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    # Processes; "auto": one per usable CPU when features and policy live in Redis (every
+    # process sees the same ones), else 1 (`worker_count`).
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = "auto"
     models: Path = Path("models")
     # Feature view declarations; default: <models>/feature_views.yaml.
     views: Path | None = None
@@ -141,6 +146,17 @@ class Settings(BaseSettings):
         if self.policy_store is not None:
             return self.policy_store
         return default_policy_store(self.feature_store)
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with "auto" resolved: the usable CPUs when the feature store is Redis,
+        1 with the in-process memory store (features pushed to one process would be invisible
+        to the others)."""
+        if self.workers != "auto":
+            return self.workers
+        if not self.feature_store.startswith(REDIS_SCHEMES):
+            return 1
+        return min(usable_cpus(), MAX_WORKERS)
 
     @property
     def views_path(self) -> Path:
