@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from loadtests.targets import Client
+
 
 @dataclass(frozen=True)
 class Overload:
@@ -44,6 +46,8 @@ class GatewayConfig:
     """None: the suite's scenario list."""
     protocol: Literal["http", "grpc"] = "http"
     """grpc: the gateway also serves gRPC (--grpc-port) and the load goes there."""
+    client: Client = "raw"
+    """The generator's HTTP client; wrk: the C client (loadtests/wrk.py)."""
     compare_to: str | None = None
     """A configuration this one differs from by one thing: the page shows their ratios."""
     triton: bool = False
@@ -70,6 +74,20 @@ CONFIGS: dict[str, GatewayConfig] = {
             env={"MLGATE_WORKERS": "auto"},
             scenarios=("predict-1", "predict-8-zipf"),
             compare_to="baseline",
+        ),
+        GatewayConfig(
+            "default-wrk",
+            "`mlgate serve` as it comes (--workers auto), driven by wrk, the C client",
+            env={"MLGATE_WORKERS": "auto"},
+            scenarios=("predict-1",),
+            client="wrk",
+        ),
+        GatewayConfig(
+            "default-grpc",
+            "`mlgate serve` as it comes (--workers auto), entity ids over V2 gRPC",
+            env={"MLGATE_WORKERS": "auto"},
+            scenarios=("v2-entities-8",),
+            protocol="grpc",
         ),
         GatewayConfig(
             "grpc",
