@@ -60,6 +60,8 @@ class GatewayConfig:
     and seeds (redis+cluster://), not from the suite's one redis-server."""
 
 
+# `mlgate serve` as it comes: the suite runs one process unless a configuration says otherwise.
+DEFAULT_SERVE = {"MLGATE_WORKERS": "auto"}
 # The configuration whose features come from a Redis Cluster (the page compares it to its base).
 CLUSTER_CONFIG = "redis-cluster"
 
@@ -71,21 +73,21 @@ CONFIGS: dict[str, GatewayConfig] = {
             "default",
             "`mlgate serve` as it comes: --workers auto, one process per usable CPU with Redis"
             " features; baseline runs one process",
-            env={"MLGATE_WORKERS": "auto"},
+            env=DEFAULT_SERVE,
             scenarios=("predict-1", "predict-8-zipf"),
             compare_to="baseline",
         ),
         GatewayConfig(
             "default-wrk",
             "`mlgate serve` as it comes (--workers auto), driven by wrk, the C client",
-            env={"MLGATE_WORKERS": "auto"},
+            env=DEFAULT_SERVE,
             scenarios=("predict-1",),
             client="wrk",
         ),
         GatewayConfig(
             "default-grpc",
             "`mlgate serve` as it comes (--workers auto), entity ids over V2 gRPC",
-            env={"MLGATE_WORKERS": "auto"},
+            env=DEFAULT_SERVE,
             scenarios=("v2-entities-8",),
             protocol="grpc",
         ),
