@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
     # Processes; "auto": one per usable CPU when features and policy live in Redis (every
     # process sees the same ones), else 1 (`worker_count`).
-    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = "auto"
+    workers: int | Literal["auto"] = "auto"
     models: Path = Path("models")
     # Feature view declarations; default: <models>/feature_views.yaml.
     views: Path | None = None
@@ -99,6 +99,20 @@ class Settings(BaseSettings):
     shadow_queue_size: int = Field(default=1024, ge=1)
     # Shadow copies scored at once; below inference_threads, so primaries always find a thread.
     shadow_concurrency: int = Field(default=2, ge=1)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _worker_count(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        expected = f"{value!r}: expected a number of processes from 1 to {MAX_WORKERS}, or auto"
+        try:
+            count = int(str(value))
+        except ValueError:
+            raise ValueError(expected) from None
+        if not 1 <= count <= MAX_WORKERS:
+            raise ValueError(expected)
+        return count
 
     @field_validator("feature_store")
     @classmethod
