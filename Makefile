@@ -11,7 +11,7 @@ TEST_EXTRAS := [dev,bench]
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench models redis-server prometheus triton-venv clean
+.PHONY: demo test lint typecheck unit bench models redis-server prometheus wrk triton-venv clean
 
 define install
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -54,6 +54,12 @@ prometheus:
 	    status=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
 	  else echo "prometheus or promtool is missing: run 'sudo apt-get install prometheus' and retry"; exit 1; fi; }
 
+# wrk: the C-speed HTTP client `mlgate bench --client wrk` drives.
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk is missing: run 'sudo apt-get install wrk' and retry"; exit 1; fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -62,13 +68,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # MLGATE_REQUIRE_TRITON: the Triton tests fail rather than skip when the Triton venv is missing.
-test: $(STAMP) redis-server prometheus triton-venv lint typecheck
+test: $(STAMP) redis-server prometheus wrk triton-venv lint typecheck
 	MLGATE_REQUIRE_TRITON=1 $(BIN)/pytest -q
 
 models: $(STAMP)
 	$(BIN)/python -m models.build
 
-bench: $(STAMP) redis-server triton-venv
+bench: $(STAMP) redis-server wrk triton-venv
 	$(BIN)/mlgate bench suite
 
 clean:

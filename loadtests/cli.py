@@ -189,7 +189,12 @@ def _add_load_args(parser: argparse.ArgumentParser, default_concurrency: int = 8
     group.add_argument("--max-inflight", type=int, default=1024, help="open loop bound")
     group.add_argument("--warmup", type=float, default=0.0, help="seconds of unrecorded load")
     group.add_argument("--procs", type=int, default=1, help="generator processes")
-    group.add_argument("--client", choices=["raw", "httpx"], default="raw", help="HTTP client")
+    group.add_argument(
+        "--client",
+        choices=["raw", "httpx", "wrk"],
+        default="raw",
+        help="HTTP client (wrk: the C client, closed loop, --procs threads)",
+    )
     group.add_argument("--seed", type=int, default=0, help="random seed of the requests")
     group.add_argument("--json", metavar="PATH", help="write the result as JSON ('-': stdout)")
     parser.set_defaults(default_concurrency=default_concurrency)

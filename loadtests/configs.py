@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from loadtests.targets import Client
+
 
 @dataclass(frozen=True)
 class Overload:
@@ -44,6 +46,8 @@ class GatewayConfig:
     """None: the suite's scenario list."""
     protocol: Literal["http", "grpc"] = "http"
     """grpc: the gateway also serves gRPC (--grpc-port) and the load goes there."""
+    client: Client = "raw"
+    """The generator's HTTP client; wrk: the C client (loadtests/wrk.py)."""
     compare_to: str | None = None
     """A configuration this one differs from by one thing: the page shows their ratios."""
     triton: bool = False
@@ -56,6 +60,8 @@ class GatewayConfig:
     and seeds (redis+cluster://), not from the suite's one redis-server."""
 
 
+# `mlgate serve` as it comes: the suite runs one process unless a configuration says otherwise.
+DEFAULT_SERVE = {"MLGATE_WORKERS": "auto"}
 # The configuration whose features come from a Redis Cluster (the page compares it to its base).
 CLUSTER_CONFIG = "redis-cluster"
 
@@ -63,6 +69,28 @@ CONFIGS: dict[str, GatewayConfig] = {
     c.name: c
     for c in (
         GatewayConfig("baseline", "one worker process, config.yaml as committed"),
+        GatewayConfig(
+            "default",
+            "`mlgate serve` as it comes: --workers auto, one process per usable CPU with Redis"
+            " features; baseline runs one process",
+            env=DEFAULT_SERVE,
+            scenarios=("predict-1", "predict-8-zipf"),
+            compare_to="baseline",
+        ),
+        GatewayConfig(
+            "default-wrk",
+            "`mlgate serve` as it comes (--workers auto), driven by wrk, the C client",
+            env=DEFAULT_SERVE,
+            scenarios=("predict-1",),
+            client="wrk",
+        ),
+        GatewayConfig(
+            "default-grpc",
+            "`mlgate serve` as it comes (--workers auto), entity ids over V2 gRPC",
+            env=DEFAULT_SERVE,
+            scenarios=("v2-entities-8",),
+            protocol="grpc",
+        ),
         GatewayConfig(
             "grpc",
             "the same gateway, load on its V2 gRPC front (ModelInfer, raw tensors)",

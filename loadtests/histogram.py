@@ -30,6 +30,10 @@ class LatencyHistogram:
         if len(self._pending) >= _FLUSH_AT:
             self._flush()
 
+    def record_count_us(self, value_us: int, count: int) -> None:
+        """`count` values of `value_us` at once (a distribution another tool measured)."""
+        self._hdr.record_value(min(max(value_us, LOWEST_US), HIGHEST_US), count)
+
     def _flush(self) -> None:
         if not self._pending:
             return

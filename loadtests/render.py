@@ -177,8 +177,8 @@ def _config_section(
         f"{config['description']}: `{config['command']}`",
         "",
         "| scenario | concurrency | req/s | p50 ms | p99 ms | p50 x floor | p99 x floor"
-        " | rows/batch | errors | command |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        " | rows/batch | server CPU µs/req | errors | command |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for run in runs:
         if run["config"] != config["name"]:
@@ -189,7 +189,7 @@ def _config_section(
             f"| {run['scenario']} | {run['concurrency']} | {run['throughput_rps']:.0f}"
             f" | {ms(latency['p50'])} | {ms(latency['p99'])}"
             f" | {latency['p50'] / floor['p50']:.1f}x | {latency['p99'] / floor['p99']:.1f}x"
-            f" | {_batch(run)} | {errors} | `{run['command']}` |"
+            f" | {_batch(run)} | {_cpu(run)} | {errors} | `{run['command']}` |"
         )
     return lines
 
@@ -197,6 +197,12 @@ def _config_section(
 def _batch(run: dict[str, Any]) -> str:
     rows = run.get("rows_per_batch")
     return "-" if rows is None else f"{rows:.1f}"
+
+
+def _cpu(run: dict[str, Any]) -> str:
+    """CPU time of all the gateway's processes per request answered (older results lack it)."""
+    cpu = run.get("server_cpu_us_per_request")
+    return "-" if cpu is None else f"{cpu:.0f}"
 
 
 def _comparison_section(configs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:

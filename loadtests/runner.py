@@ -16,6 +16,7 @@ import uvloop
 from loadtests.generator import LoadSpec, RunResult, run_load
 from loadtests.targets import Client, open_target, parse_url
 from loadtests.workloads import Workload
+from loadtests.wrk import run_wrk
 
 _START_TIMEOUT_S = 60.0
 
@@ -31,6 +32,8 @@ class Job:
         scheme, _, _ = parse_url(self.url)
         if scheme == "grpc" and self.workload.scenario.api == "predict":
             raise ValueError("the entity predict API is HTTP only; use a v2-* scenario over gRPC")
+        if self.client == "wrk" and scheme != "http":
+            raise ValueError("wrk speaks HTTP only")
 
 
 async def run_job(job: Job, barrier: Barrier | None = None) -> RunResult:
@@ -46,7 +49,10 @@ async def run_job(job: Job, barrier: Barrier | None = None) -> RunResult:
 
 
 def execute(job: Job, procs: int = 1) -> RunResult:
-    """Run the job across ``procs`` processes (1: this one) and return the merged result."""
+    """Run the job across ``procs`` processes (1: this one) and return the merged result;
+    with wrk, across ``procs`` wrk threads."""
+    if job.client == "wrk":
+        return run_wrk(job.url, job.workload, job.spec, threads=procs)
     if procs == 1:
         return uvloop.run(run_job(job))
     return _run_processes(split(job, procs))

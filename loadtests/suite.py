@@ -27,6 +27,7 @@ import orjson
 
 from loadtests import against
 from loadtests.configs import CONFIGS, GatewayConfig
+from loadtests.cpu import tree_cpu_s
 from loadtests.floor import format_floor, measure_floor
 from loadtests.generator import LoadSpec, RunResult
 from loadtests.overload import REFUSED, measure_overload
@@ -60,6 +61,7 @@ DEFAULT_SCENARIOS = (
 CEILING_CLIENTS: tuple[tuple[str, str, Client, str], ...] = (
     ("raw HTTP/1.1", "http", "raw", "predict-8-zipf"),
     ("httpx", "http", "httpx", "predict-8-zipf"),
+    ("wrk", "http", "wrk", "predict-8-zipf"),
     ("grpc.aio", "grpc", "raw", "v2-entities-8"),
 )
 FLOOR_SAMPLES = 3000
@@ -215,11 +217,13 @@ def measure_gateway(
     serve_args = _serve_args(settings, redis_url, config, models)
     log = logs / f"{config.name}.log"
     runs = []
-    with gateway(serve_args, config.env, log, grpc=config.protocol == "grpc") as ports:
+    # One process unless the configuration says otherwise: the figures compare per process.
+    env = {"MLGATE_WORKERS": "1", **config.env}
+    with gateway(serve_args, env, log, grpc=config.protocol == "grpc") as ports:
         url = f"grpc://{HOST}:{ports.grpc}" if ports.grpc else f"http://{HOST}:{ports.http}"
         metrics_url = f"http://{HOST}:{ports.http}/metrics"
         for scenario in _scenarios(settings, config):
-            runs += measure(settings, config, scenario, url, metrics_url)
+            runs += measure(settings, config, scenario, url, metrics_url, ports.pid)
     return runs
 
 
@@ -280,9 +284,15 @@ def measure_direct(
 
 
 def measure(
-    settings: SuiteSettings, config: GatewayConfig, scenario: str, url: str, metrics_url: str
+    settings: SuiteSettings,
+    config: GatewayConfig,
+    scenario: str,
+    url: str,
+    metrics_url: str,
+    pid: int,
 ) -> list[dict[str, Any]]:
-    """One scenario at every concurrency level, each the median of several short runs."""
+    """One scenario at every concurrency level, each the median of several short runs, with
+    the CPU time of the gateway's processes (`pid` and its workers) per request answered."""
     workload = Workload(SCENARIOS[scenario], key_space=settings.entities)
     if settings.warmup_s > 0:
         warm = LoadSpec(concurrency=max(settings.concurrency), duration_s=settings.warmup_s)
@@ -292,8 +302,14 @@ def measure(
         spec = LoadSpec(concurrency=level, duration_s=settings.duration_s)
         before = batch_totals(metrics_url)
         trips = metric_total(metrics_url, ROUND_TRIPS)
-        repeats = [execute(Job(url, workload, spec)) for _ in range(settings.repeats)]
+        cpu_s = tree_cpu_s(pid)
+        job = Job(url, workload, spec, client=config.client)
+        repeats = [execute(job) for _ in range(settings.repeats)]
+        cpu_s = tree_cpu_s(pid) - cpu_s
         point = summarise(repeats) | {"rows_per_batch": rows_per_batch(before, metrics_url)}
+        answered = sum(r.completed for r in repeats)
+        if answered:
+            point["server_cpu_us_per_request"] = round(cpu_s / answered * 1e6, 1)
         if point["requests"]:
             trips = metric_total(metrics_url, ROUND_TRIPS) - trips
             point["round_trips_per_request"] = round(trips / point["requests"], 3)
@@ -301,6 +317,7 @@ def measure(
             f"mlgate bench run --url {DOC_URLS[config.protocol]} --scenario {scenario}"
             f" --concurrency {level}"
             f" --duration {settings.duration_s:g}"
+            + ("" if config.client == "raw" else f" --client {config.client}")
         )
         points.append(
             {"config": config.name, "scenario": scenario, "concurrency": level}

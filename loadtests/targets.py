@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 from loadtests.http_client import ConnectionFailed, HttpPool, encode_request
 from loadtests.workloads import Workload, grpc_requests, http_requests
 
-Client = Literal["raw", "httpx"]
+# wrk: the C client (loadtests/wrk.py), run by `execute` in place of a target.
+Client = Literal["raw", "httpx", "wrk"]
 
 TIMEOUT = "timeout"
 CONNECTION = "connection"

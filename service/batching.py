@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service import metrics
+from service.cost_model import ALPHA, CostModel
 from service.protocol.errors import (
     BackendError,
     DeadlineExceeded,
@@ -37,10 +38,6 @@ Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 
 RELEASE_REASONS = ("full", "preferred", "delay", "deadline", "idle")
 
-# Weight of the newest sample in every moving average here: the last ~5 batches or arrivals
-# dominate, so the estimates follow a change of load within a handful of them.
-# The arrival and cost averages must share it: see `_adaptive_hold_until`.
-_ALPHA = 0.2
 # A batch released for a deadline must start before it, but timers (1 ms in uvloop) and a busy
 # event loop make the release late; a request still queued at its deadline has failed.
 _DEADLINE_SLACK_S = 0.002
@@ -124,40 +121,12 @@ class _Plan(NamedTuple):
     wake: float
 
 
-class _CostModel:
-    """Batch execution time as fixed + per_row * rows, by exponentially weighted least squares."""
-
-    __slots__ = ("_n", "_nn", "_nt", "_t", "fixed", "per_row")
-
-    def __init__(self) -> None:
-        self._n = self._t = self._nn = self._nt = 0.0
-        self.fixed = 0.0
-        self.per_row = 0.0
-
-    def observe(self, rows: int, seconds: float) -> None:
-        weight = _ALPHA if self._n else 1.0
-        self._n += weight * (rows - self._n)
-        self._t += weight * (seconds - self._t)
-        self._nn += weight * (rows * rows - self._nn)
-        self._nt += weight * (rows * seconds - self._nt)
-        variance = self._nn - self._n * self._n
-        # Batches of (nearly) one size cannot separate the two costs: all of it counts as fixed.
-        slope = (self._nt - self._n * self._t) / variance if variance > 1e-6 * self._nn else 0.0
-        # Clamped so that both costs stay non-negative; that also keeps seconds(rows) at or below
-        # the mean batch time for any rows up to the mean batch size.
-        self.per_row = min(max(slope, 0.0), self._t / self._n)
-        self.fixed = self._t - self.per_row * self._n
-
-    def seconds(self, rows: int) -> float:
-        return self.fixed + self.per_row * rows
-
-    @property
-    def known(self) -> bool:
-        return self._n > 0
-
-
 class _Traffic:
-    """Arrivals: moving averages of the gap between requests and of their rows."""
+    """Arrivals: moving averages of the gap between requests and of their rows.
+
+    They weigh the newest arrival by the cost model's ALPHA: the adaptive rule needs the gap and
+    the batch time to follow a change alike (see `_adaptive_hold_until`).
+    """
 
     __slots__ = ("gap", "last", "latest_gap", "rows")
 
@@ -172,8 +141,8 @@ class _Traffic:
         if math.isinf(self.gap):
             self.gap = self.latest_gap
         else:
-            self.gap += _ALPHA * (self.latest_gap - self.gap)
-        self.rows = rows if not self.rows else self.rows + _ALPHA * (rows - self.rows)
+            self.gap += ALPHA * (self.latest_gap - self.gap)
+        self.rows = rows if not self.rows else self.rows + ALPHA * (rows - self.rows)
         self.last = now
 
     def gap_at(self, now: float) -> float:
@@ -242,7 +211,7 @@ class Batcher:
         self._poked = False
         self._closed = False
         self._drained = asyncio.Event()
-        self._cost = _CostModel()
+        self._cost = CostModel()
         self._traffic = _Traffic()
         self._stats = stats or InferenceStatistics()
 

@@ -102,10 +102,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
-    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    settings = settings.model_copy(update={"workers": settings.worker_count})
+    if settings.worker_count > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Must be set before any worker imports prometheus_client.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlgate-metrics-")
-    if settings.workers > 1 and settings.shared_policy_store is None:
+    if settings.worker_count > 1 and settings.shared_policy_store is None:
         # Workers must share one routing policy: without a Redis to keep it, a file they all
         # watch.
         shared = Path(tempfile.mkdtemp(prefix="mlgate-policy-")) / "policy.json"
@@ -251,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="HTTP and gRPC listen address")
     serve.add_argument("--port", type=int, help="HTTP port")
     serve.add_argument("--grpc-port", type=int, help="also serve the V2 gRPC API on this port")
-    serve.add_argument("--workers", type=int, help="processes (metrics are aggregated)")
+    serve.add_argument(
+        "--workers",
+        help="processes (metrics are aggregated), or auto: one per usable CPU with a Redis "
+        "feature store, 1 with memory://",
+    )
     serve.add_argument("--models", type=Path, help="model repository")
     serve.add_argument(
         "--views", type=Path, help="feature views YAML (default: <models>/feature_views.yaml)"

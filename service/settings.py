@@ -8,6 +8,9 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cpus import usable_cpus
+
+MAX_WORKERS = 64
 # A fixed batching delay beyond this is surely a unit mistake (milliseconds for microseconds).
 MAX_BATCHING_DELAY_US = 1_000_000
 
@@ -32,7 +35,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     # The gRPC front (Open Inference Protocol) listens here when set; same host as HTTP.
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    # Processes; "auto": one per usable CPU when features and policy live in Redis (every
+    # process sees the same ones), else 1 (`worker_count`).
+    workers: int | Literal["auto"] = "auto"
     models: Path = Path("models")
     # Feature view declarations; default: <models>/feature_views.yaml.
     views: Path | None = None
@@ -98,6 +103,20 @@ class Settings(BaseSettings):
     # Shadow copies scored at once; below inference_threads, so primaries always find a thread.
     shadow_concurrency: int = Field(default=2, ge=1)
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _worker_count(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        expected = f"{value!r}: expected a number of processes from 1 to {MAX_WORKERS}, or auto"
+        try:
+            count = int(str(value))
+        except ValueError:
+            raise ValueError(expected) from None
+        if not 1 <= count <= MAX_WORKERS:
+            raise ValueError(expected)
+        return count
+
     @field_validator("feature_store")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
@@ -144,6 +163,17 @@ class Settings(BaseSettings):
         if self.policy_store is not None:
             return self.policy_store
         return default_policy_store(self.feature_store)
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with "auto" resolved: the usable CPUs when the feature store is Redis,
+        1 with the in-process memory store (features pushed to one process would be invisible
+        to the others)."""
+        if self.workers != "auto":
+            return self.workers
+        if not self.feature_store.startswith(REDIS_SCHEMES):
+            return 1
+        return min(usable_cpus(), MAX_WORKERS)
 
     @property
     def views_path(self) -> Path:

@@ -61,13 +61,13 @@ def run_gateway(settings: Settings) -> int:
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers,
+        workers=settings.worker_count,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
         access_log=False,
     )
-    if settings.workers > 1:
+    if settings.worker_count > 1:
         supervisor = Supervisor(config, sock)
         supervisor.run()
         return STARTUP_FAILURE if supervisor.startup_failed else 0

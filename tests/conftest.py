@@ -172,6 +172,8 @@ def start_gateway(
     full_env["MLGATE_AUDIT_SPILL_DIR"] = str(tmp_dir / f"spill-{port}")
     # Stopped at once: only the drain tests wait out a drain delay.
     full_env["MLGATE_DRAIN_DELAY_S"] = "0"
+    # One process unless a test asks for more (--workers, or MLGATE_WORKERS=auto in `env`).
+    full_env["MLGATE_WORKERS"] = "1"
     full_env.update(env or {})
     mlgate = Path(sys.executable).parent / "mlgate"
     with log.open("wb") as out:

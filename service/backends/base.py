@@ -20,7 +20,8 @@ class TensorSignature:
 
 
 class Backend(ABC):
-    """One loaded model version. Implementations never run inference on the event loop."""
+    """One loaded model version. Implementations keep inference off the event loop, except runs
+    shorter than a hand-off to a thread and back (see OnnxOptions.inline_below_us)."""
 
     @abstractmethod
     async def infer(

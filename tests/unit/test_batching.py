@@ -510,6 +510,66 @@ async def test_adaptive_waits_to_fill_a_batch_while_requests_stream_in(model: st
     assert releases(model, "idle") == 1
 
 
+class Timeline:
+    """A run_batch of a fixed run time that records when each batch ran and which rows."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.runs: list[tuple[float, float, list[float]]] = []  # (start, end, row ids)
+
+    async def __call__(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+        started = time.monotonic()
+        await asyncio.sleep(self.seconds)
+        self.runs.append((started, time.monotonic(), inputs["x"][:, 0].tolist()))
+        return {"y": inputs["x"] * 2}
+
+    def busy_until(self, at: float, lag: float) -> float:
+        """When the batch running at `at` ended (`at` itself when none ran). A batch released
+        just before `at` may start in the event loop's next turn: up to `lag` later."""
+        running = [end for start, end, _ in self.runs if start <= at + lag < end + lag]
+        return max(running, default=at)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+async def test_no_request_waits_longer_than_the_delay_plus_one_batch_run(
+    model: str, adaptive: bool
+) -> None:
+    # Closed-loop clients, all fitting in one batch, pausing at random between requests so that
+    # they arrive alone, in bursts and while a batch runs (lone requests race the queue then).
+    # With one instance, a request must start by the end of the batch running when it arrived
+    # (as long as that batch really took) plus the delay; a request left behind by a release
+    # waits a whole run more. The slack covers a loaded machine's late timers and stalls.
+    delay_s, slack_s = 0.0005, 0.05
+    backend = Timeline(0.1)
+    batcher = make(
+        backend,
+        model,
+        max_batch_size=64,
+        adaptive=adaptive,
+        max_queue_delay_us=round(delay_s * 1e6),
+    )
+    pauses = np.random.default_rng(17).exponential(0.02, size=(32, 6))
+    arrived: dict[float, float] = {}
+
+    async def client(number: int, waits: np.ndarray) -> None:
+        for i, pause in enumerate(waits):
+            await asyncio.sleep(pause)
+            request = number * 100 + i
+            arrived[request] = time.monotonic()
+            await batcher.submit(rows(request))
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(client(n, waits) for n, waits in enumerate(pauses)))
+    late = {
+        request: round((start - free) * 1e3, 1)
+        for start, _, requests in backend.runs
+        for request in requests
+        if start > (free := backend.busy_until(arrived[request], slack_s)) + delay_s + slack_s
+    }
+    assert sum(len(requests) for _, _, requests in backend.runs) == pauses.size
+    assert not late, f"ms past the bound, by request: {late}"
+
+
 async def test_queue_metrics_follow_requests(model: str) -> None:
     async with asyncio.timeout(5):
         backend = Doubler()

@@ -77,11 +77,13 @@ def results_with(p50_us: float, p99_us: float) -> dict[str, Any]:
 
 def test_rows_carry_command_throughput_percentiles_and_floor_ratios(tmp_path: Path) -> None:
     docs = tmp_path / "docs" / "benchmarks.md"
-    render(results_with(p50_us=2_500, p99_us=8_000), docs)
+    results = results_with(p50_us=2_500, p99_us=8_000)
+    results["runs"][-1]["server_cpu_us_per_request"] = 151.4
+    render(results, docs)
     text = docs.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| predict-1 | 8 |"))
     assert row == (
-        "| predict-1 | 8 | 5600 | 2.500 | 8.000 | 5.0x | 8.0x | - | 0"
+        "| predict-1 | 8 | 5600 | 2.500 | 8.000 | 5.0x | 8.0x | - | 151 | 0"
         " | `mlgate bench run --url http://127.0.0.1:8000 --scenario predict-1 --concurrency 8` |"
     )
     assert "| raw | 8 | 12000 |" in text

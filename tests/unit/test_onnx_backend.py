@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,45 @@ async def test_infer_does_not_block_the_event_loop(executor: ThreadPoolExecutor)
     await heavy.infer({"features": np.ones((256, 32), np.float32)})
     task.cancel()
     assert ticks >= 5
+
+
+@contextmanager
+def every_thread_taken(executor: ThreadPoolExecutor, threads: int = 2) -> Iterator[None]:
+    """While inside, the pool runs nothing else: each of its threads waits on an event."""
+    release = threading.Event()
+    held = [executor.submit(release.wait) for _ in range(threads)]
+    try:
+        yield
+    finally:
+        release.set()
+        for future in held:
+            future.result()
+
+
+async def test_a_batch_measured_shorter_than_a_thread_hand_off_runs_on_the_event_loop(
+    executor: ThreadPoolExecutor,
+) -> None:
+    # A generous bound: the test is about where the run goes, not about this machine's speed.
+    fraud = OnnxBackend(FRAUD_V1, OnnxOptions(inline_below_us=50_000), executor)
+    features = {"features": np.ones((8, 32), np.float32)}
+    first = await fraud.infer(features)  # a size never measured goes to the pool
+    with every_thread_taken(executor):
+        again = await asyncio.wait_for(fraud.infer(features), timeout=10)
+    np.testing.assert_array_equal(again["probability"], first["probability"])
+
+
+async def test_batches_larger_than_any_measured_or_slower_than_the_bound_use_the_pool(
+    executor: ThreadPoolExecutor,
+) -> None:
+    fraud = OnnxBackend(FRAUD_V1, OnnxOptions(inline_below_us=50_000), executor)
+    await fraud.infer({"features": np.ones((8, 32), np.float32)})
+    assert fraud.runs_inline(8) and not fraud.runs_inline(64)
+    never = OnnxBackend(FRAUD_V1, OnnxOptions(inline_below_us=0), executor)
+    await never.infer({"features": np.ones((8, 32), np.float32)})
+    assert not never.runs_inline(8)
+    heavy = OnnxBackend(HEAVY, OnnxOptions(), executor)
+    await heavy.infer({"features": np.ones((256, 32), np.float32)})
+    assert not heavy.runs_inline(256)
 
 
 async def test_unavailable_provider_falls_back_to_cpu_with_a_warning(

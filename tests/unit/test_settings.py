@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from service.cli import build_parser, setting_names, settings_error, settings_from_args
+from service.cpus import usable_cpus
 from service.settings import Settings
 
 
@@ -16,8 +20,6 @@ def serve(*flags: str) -> Settings:
 @pytest.fixture(autouse=True)
 def no_mlgate_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings read MLGATE_*: the tests start from none of them."""
-    import os
-
     for name in [n for n in os.environ if n.startswith("MLGATE_")]:
         monkeypatch.delenv(name)
 
@@ -101,3 +103,44 @@ def test_reads_are_coalesced_unless_turned_off(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MLGATE_COALESCE_READS", "off")
     assert serve().coalesce_reads is False
     assert serve("--coalesce-reads", "on").coalesce_reads is True
+
+
+def test_workers_auto_is_one_per_usable_cpu_with_redis_features() -> None:
+    settings = serve("--feature-store", "redis://127.0.0.1:6379/0")
+    assert settings.workers == "auto"
+    assert settings.worker_count == min(usable_cpus(), 64)
+
+
+def test_workers_auto_is_one_with_the_in_process_memory_store() -> None:
+    # Features pushed to one process would be invisible to the others.
+    assert serve().worker_count == 1
+    assert serve("--policy-store", "file:///tmp/policy.json").worker_count == 1
+
+
+def test_a_worker_count_given_is_taken_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert serve("--workers", "3").worker_count == 3
+    monkeypatch.setenv("MLGATE_WORKERS", "2")
+    assert serve("--feature-store", "redis://127.0.0.1:6379/0").worker_count == 2
+
+
+@pytest.mark.parametrize("given", ["0", "65", "many"])
+def test_a_worker_count_out_of_range_or_not_a_number_names_the_field(given: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        serve("--workers", given)
+    assert settings_error(caught.value).splitlines()[1] == (
+        f"  workers: {given!r}: expected a number of processes from 1 to 64, or auto"
+    )
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1), (None, None)],
+)
+def test_usable_cpus_honour_a_cgroup_quota(
+    tmp_path: Path, cpu_max: str | None, expected: int | None
+) -> None:
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    mask = len(os.sched_getaffinity(0))
+    assert usable_cpus(path) == (mask if expected is None else min(mask, expected))
