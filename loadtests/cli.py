@@ -321,7 +321,7 @@ def cmd_floor(args: argparse.Namespace) -> int:
 
 
 def cmd_instructions(args: argparse.Namespace) -> int:
-    from loadtests.instructions import compare, format_ratios
+    from loadtests.instructions import RESULTS, compare, format_ratios, save
 
     trees = {}
     for item in args.tree:
@@ -343,6 +343,8 @@ def cmd_instructions(args: argparse.Namespace) -> int:
         args.out,
     )
     print(format_ratios(counts))
+    command = "mlgate bench instructions " + " ".join(sys.argv[3:])
+    print(f"results: {save(counts, trees, command, RESULTS)}")
     return 0
 
 

@@ -17,13 +17,16 @@ for every tree.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from loadtests.http_client import HttpPool, encode_request
 from loadtests.processes import (
@@ -37,8 +40,11 @@ from loadtests.processes import (
 from loadtests.seed import seed
 from loadtests.workloads import SCENARIOS, Workload, http_requests
 
+# Where `bench instructions` keeps its results; the page shows the newest (loadtests/render.py).
+RESULTS = Path(__file__).with_name("results") / "instructions"
 WARM_UP = 50
 IDLE_S = 20.0
+ATTEMPTS = 3
 READY_TIMEOUT_S = 1200.0
 REQUEST_TIMEOUT_S = 300.0
 
@@ -139,7 +145,8 @@ def _counted(pid: int, out_dir: Path, action: Callable[[], None]) -> tuple[int, 
     seconds = time.perf_counter() - started
     _control(pid, "--instr=off")
     _control(pid, "--dump")
-    return _last_dump_total(out_dir, pid), seconds
+    total = _last_dump_total(out_dir, pid)
+    return total, seconds
 
 
 def idle_rate(pid: int, out_dir: Path) -> float:
@@ -163,9 +170,13 @@ def count(
     pid, port = gateway
     batch = _requests(scenario, WARM_UP + requests, entities)
     asyncio.run(_send(port, batch[:WARM_UP], concurrency))
-    total, seconds = _counted(
-        pid, out_dir, lambda: asyncio.run(_send(port, batch[WARM_UP:], concurrency))
-    )
+    for _ in range(ATTEMPTS):
+        total, seconds = _counted(
+            pid, out_dir, lambda: asyncio.run(_send(port, batch[WARM_UP:], concurrency))
+        )
+        # Seen once in a dozen points: a dump of nothing, as if the counting had not begun.
+        if total:
+            break
     return Count(tree_name, scenario, concurrency, requests, total, seconds, idle_per_s)
 
 
@@ -213,6 +224,56 @@ def compare(
                         )
                         counts.append(point)
     return counts
+
+
+def save(counts: Sequence[Count], trees: dict[str, Path], command: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    measured = datetime.now(UTC).strftime("%Y-%m-%dT%H%MZ")
+    commits = {
+        name: subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        for name, tree in trees.items()
+    }
+    path = folder / f"{measured}.json"
+    document = {
+        "measured": measured,
+        "command": command,
+        "commits": commits,
+        "counts": [{**asdict(c), "per_request": c.per_request} for c in counts],
+    }
+    path.write_text(json.dumps(document, indent=1))
+    return path
+
+
+def latest(folder: Path = RESULTS) -> dict[str, Any] | None:
+    files = sorted(folder.glob("*.json"))
+    loaded: dict[str, Any] | None = json.loads(files[-1].read_text()) if files else None
+    return loaded
+
+
+def section(results: dict[str, Any] | None) -> list[str]:
+    """The page's section for the newest `bench instructions` run (none: no section)."""
+    if results is None:
+        return []
+    counts = [
+        Count(**{k: v for k, v in c.items() if k != "per_request"}) for c in results["counts"]
+    ]
+    commits = ", ".join(f"{name} = {commit}" for name, commit in results["commits"].items())
+    return [
+        "",
+        f"## Instructions per request against an earlier tree ({results['measured']})",
+        "",
+        "Not made by `make bench`: each tree's gateway under callgrind, counting the"
+        " instructions all its threads execute to answer the same requests (repeatable on a"
+        " noisy machine, unlike req/s), net of what its timers cost while idle"
+        f" (loadtests/instructions.py). Trees: {commits}. Command: `{results['command']}`",
+        "",
+        format_ratios(counts),
+    ]
 
 
 def format_ratios(counts: Sequence[Count]) -> str:

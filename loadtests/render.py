@@ -9,6 +9,8 @@ import yaml
 
 from loadtests.against import section as against_section
 from loadtests.configs import CLUSTER_CONFIG, SIDE_BY_SIDE
+from loadtests.instructions import latest as latest_instructions
+from loadtests.instructions import section as instructions_section
 from loadtests.render_gpu import gpu_section, latest_gpu_results
 from loadtests.report import mib, ms
 from loadtests.workloads import SCENARIOS
@@ -120,6 +122,7 @@ def markdown(
     lines += _triton_section(results)
     lines += _overload_section(results.get("overload"), memory_plot_name)
     lines += gpu_section(latest_gpu_results())
+    lines += instructions_section(latest_instructions())
     lines += against_section(results)
     lines += [
         "",
