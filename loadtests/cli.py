@@ -120,14 +120,21 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="NAME=PATH",
         help="a checkout whose service/ and models/ the gateway runs (repeat; first = reference)",
     )
-    instructions.add_argument("--scenarios", default="predict-1,predict-8-zipf,v2-dense-1")
+    instructions.add_argument(
+        "--scenarios", default="predict-1,predict-8-zipf,v2-dense-1", help="comma-separated"
+    )
     instructions.add_argument("--concurrency", default="1,64", help="comma-separated levels")
     instructions.add_argument("--requests", type=int, default=400, help="counted per point")
     instructions.add_argument("--entities", type=int, default=10_000, help="entities to seed")
     instructions.add_argument(
         "--serve-arg", action="append", default=[], help="extra `mlgate serve` flag (repeat)"
     )
-    instructions.add_argument("--out", type=Path, default=Path("/tmp/mlgate-instructions"))
+    instructions.add_argument(
+        "--out",
+        type=Path,
+        default=Path("/tmp/mlgate-instructions"),
+        help="callgrind's files and the gateways' logs",
+    )
     instructions.set_defaults(func=cmd_instructions)
 
     render = commands.add_parser("render", help="regenerate docs/benchmarks.md from a results file")

@@ -28,7 +28,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="build a version's reference profile (<models>/<model>/<version>/reference.json)",
     )
     _add_repository(reference)
-    reference.add_argument("--version", required=True)
+    reference.add_argument("--version", required=True, help="the version to profile")
     source = reference.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--data",
@@ -56,7 +56,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _add_repository(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model name in the repository")
     p.add_argument("--models", type=Path, default=Path("models"), help="model repository")
     p.add_argument(
         "--views", type=Path, help="feature views (default: <models>/feature_views.yaml)"

@@ -54,14 +54,17 @@ def drift_gauges(gw: GatewayProcess, name: str) -> dict[tuple[str, ...], float]:
     }
 
 
-def shift_until_alarmed(gw: GatewayProcess, timeout_s: float = 60) -> dict[tuple[str, ...], float]:
+def shift_until_alarmed(
+    gw: GatewayProcess, timeout_s: float = 60, part: int = 0, parts: int = 1
+) -> dict[tuple[str, ...], float]:
     """Predict the demo entities in order, 50 a request, with SHIFTED moved by half its standard
     deviation, until its alarm is up (or `timeout_s` passed); then the alarm gauges. Entities
-    are never repeated within a window: repeated rows are not a sample of the population."""
+    are never repeated within a window: repeated rows are not a sample of the population.
+    `part` of `parts`: every parts-th entity from the part-th, for clients sending at once."""
     names, rows = population()
     column = names.index(SHIFTED)
-    shifted = rows[:, column] + 0.5 * rows[:, column].std()
-    ids = [f"u{i}" for i in range(ENTITIES)]
+    shifted = (rows[:, column] + 0.5 * rows[:, column].std())[part::parts]
+    ids = [f"u{i}" for i in range(ENTITIES)][part::parts]
     deadline = time.monotonic() + timeout_s
     start = 0
     # A connection per request: under --workers, requests then reach every worker.
@@ -71,7 +74,7 @@ def shift_until_alarmed(gw: GatewayProcess, timeout_s: float = 60) -> dict[tuple
             body = {"entities": ids[chunk], "features": {SHIFTED: shifted[chunk].tolist()}}
             reply = client.post(f"{gw.url}/v1/models/fraud_mlp:predict", json=body)
             assert reply.status_code == 200, reply.text
-            start = (start + 50) % ENTITIES
+            start = (start + 50) % len(ids)
             if start % 1000 == 0:
                 alarms = drift_gauges(gw, "mlgate_drift_alarm")
                 if alarms.get(("fraud_mlp", "2", SHIFTED, "input")) == 1:

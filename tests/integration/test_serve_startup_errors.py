@@ -93,7 +93,7 @@ CASES = [
         {},
         ["--feature-store (MLGATE_FEATURE_STORE)", "s3://features"],
     ),
-    ("workers-env", lambda d: [], {"MLGATE_WORKERS": "0"}, ["MLGATE_WORKERS", "greater than"]),
+    ("workers-env", lambda d: [], {"MLGATE_WORKERS": "0"}, ["MLGATE_WORKERS", "from 1 to 64"]),
     (
         "missing-view",
         lambda d: ["--models", one_view_repository(d)],

@@ -127,8 +127,8 @@ def test_a_worker_count_given_is_taken_as_it_is(monkeypatch: pytest.MonkeyPatch)
 def test_a_worker_count_out_of_range_or_not_a_number_names_the_field(given: str) -> None:
     with pytest.raises(ValidationError) as caught:
         serve("--workers", given)
-    assert settings_error(caught.value).splitlines()[1] == (
-        f"  workers: {given!r}: expected a number of processes from 1 to 64, or auto"
+    assert settings_error(caught.value) == (
+        f"MLGATE_WORKERS: {given!r}: expected a number of processes from 1 to 64, or auto"
     )
 
 
