@@ -10,6 +10,7 @@ import yaml
 from loadtests.against import section as against_section
 from loadtests.configs import CLUSTER_CONFIG, SIDE_BY_SIDE
 from loadtests.render_gpu import gpu_section, latest_gpu_results
+from loadtests.render_targets import targets_section
 from loadtests.report import mib, ms
 from loadtests.workloads import SCENARIOS
 
@@ -55,6 +56,7 @@ def markdown(
         "mlgate bench suite --configs overload   # 429s and memory beyond max_queue_size",
         "make triton-venv && mlgate bench suite --configs baseline,triton"
         " --scenarios predict-1   # and Triton",
+        "mlgate bench suite --configs default-wrk,default-grpc,triton   # the targets",
         "locust -f loadtests/locustfile.py --headless -u 8 -t 30s \\",
         "    --host http://127.0.0.1:8000 --mlgate-scenario predict-8-zipf HttpScenarioUser",
         "```",
@@ -118,6 +120,7 @@ def markdown(
         lines += _side_by_side_section(title, names, results["runs"])
     lines += _cluster_section(results["configs"], results["runs"])
     lines += _triton_section(results)
+    lines += targets_section(results)
     lines += _overload_section(results.get("overload"), memory_plot_name)
     lines += gpu_section(latest_gpu_results())
     lines += against_section(results)
