@@ -9,6 +9,7 @@ import yaml
 
 from loadtests.against import section as against_section
 from loadtests.configs import CLUSTER_CONFIG, SIDE_BY_SIDE
+from loadtests.render_budget import budget_section
 from loadtests.render_gpu import gpu_section, latest_gpu_results
 from loadtests.render_targets import targets_section
 from loadtests.report import mib, ms
@@ -121,6 +122,7 @@ def markdown(
     lines += _cluster_section(results["configs"], results["runs"])
     lines += _triton_section(results)
     lines += targets_section(results)
+    lines += budget_section(results.get("budget"))
     lines += _overload_section(results.get("overload"), memory_plot_name)
     lines += gpu_section(latest_gpu_results())
     lines += against_section(results)

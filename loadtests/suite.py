@@ -26,6 +26,7 @@ import httpx
 import orjson
 
 from loadtests import against
+from loadtests.budget import format_budget, measure_budget
 from loadtests.configs import CONFIGS, GatewayConfig
 from loadtests.cpu import tree_cpu_s
 from loadtests.floor import format_floor, measure_floor
@@ -67,6 +68,7 @@ CEILING_CLIENTS: tuple[tuple[str, str, Client, str], ...] = (
     ("grpc.aio", "grpc", "raw", "v2-entities-8"),
 )
 FLOOR_SAMPLES = 3000
+BUDGET_REQUESTS = 3000
 # The addresses printed in reproducible commands; the suite itself uses free ports.
 DOC_URLS = {"http": "http://127.0.0.1:8000", "grpc": "grpc://127.0.0.1:8001"}
 DOC_REDIS = "redis://127.0.0.1:6379/0"
@@ -145,6 +147,14 @@ def run_suite(settings: SuiteSettings) -> Path:
         }
         _say("floor:\n" + format_floor(floor))
         results["ceiling"] = ceiling(settings)
+        # Sequential and in-process: seconds, on the suite's seeded Redis.
+        results["budget"] = {
+            "command": f"mlgate bench budget --feature-store {DOC_REDIS}"
+            f" --entities {settings.entities} --requests {BUDGET_REQUESTS}"
+        } | measure_budget(
+            settings.models, settings.views, redis_url, settings.entities, BUDGET_REQUESTS
+        )
+        _say("CPU budget per request:\n" + format_budget(results["budget"]))
         for config in configs:
             if config.overload is not None:
                 _say(f"{config.name}: {config.description}")
