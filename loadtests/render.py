@@ -52,6 +52,7 @@ def markdown(
         "mlgate bench run --url http://127.0.0.1:8000 --scenario mix --rate 500 --poisson",
         "mlgate bench run --url grpc://127.0.0.1:8001 --scenario v2-dense-1 --procs 2",
         "mlgate bench ceiling          # the generator alone, against a trivial server",
+        "mlgate bench budget           # CPU per request, stage by stage, in-process",
         "mlgate bench suite --configs baseline,batching-fixed-500us,batching-fixed-2ms"
         " --scenarios predict-1,heavy-1   # adaptive against fixed delays",
         "mlgate bench suite --configs overload   # 429s and memory beyond max_queue_size",
