@@ -43,6 +43,8 @@ STAGES = (
 # in the body.
 WORKLOADS = (("entity predict", "predict-1"), ("V2 infer", "v2-dense-1"))
 ASGI = Callable[..., Awaitable[None]]
+# Alternating rounds of clocked and unclocked requests per workload.
+ROUNDS = 5
 
 
 @dataclass
@@ -155,24 +157,28 @@ async def call(app: ASGI, path: str, body: bytes) -> int:
 async def measure_workload(
     app: ASGI, pipeline: Any, requests: list[tuple[str, bytes]], count: int
 ) -> dict[str, Any]:
-    """`count` sequential requests cycled from `requests`, first without the clocks (the total
-    as served), then with them (the stages); µs per request."""
+    """`count` sequential requests cycled from `requests` with the clocks (the stages) and as
+    many without them (the total as served), in alternating rounds so that a drift of the
+    machine's load over the run touches both alike; µs per request."""
     for path, body in requests[:50]:  # warm: first runs, lazy imports
         await call(app, path, body)
-    started = time.process_time()
-    for i in range(count):
-        await call(app, *requests[i % len(requests)])
-    unclocked_s = time.process_time() - started
     clock = StageClock()
-    with clocked(pipeline, clock):
+    unclocked_s = total_s = 0.0
+    size = max(1, count // ROUNDS)
+    for first in range(0, count, size):
+        batch = [requests[i % len(requests)] for i in range(first, min(count, first + size))]
         started = time.process_time()
-        for i in range(count):
-            path, body = requests[i % len(requests)]
-            with clock.stage(FRONT):
-                status = await call(app, path, body)
-            if status != 200:
-                raise RuntimeError(f"{path} answered {status}")
-        total_s = time.process_time() - started
+        for path, body in batch:
+            await call(app, path, body)
+        unclocked_s += time.process_time() - started
+        with clocked(pipeline, clock):
+            started = time.process_time()
+            for path, body in batch:
+                with clock.stage(FRONT):
+                    status = await call(app, path, body)
+                if status != 200:
+                    raise RuntimeError(f"{path} answered {status}")
+            total_s += time.process_time() - started
     clock.seconds[REST] = total_s - sum(clock.seconds.values())
     return {
         "requests": count,
