@@ -74,13 +74,18 @@ def test_each_target_is_met_or_missed_by_how_much(tmp_path: Path) -> None:
     ]
 
 
-def test_a_run_without_the_bare_server_says_its_targets_were_not_measured(
+def test_targets_without_their_figures_are_marked_not_measured(
     tmp_path: Path,
 ) -> None:
     results = with_targets(results_with(p50_us=2_000, p99_us=4_000))
     del results["triton"]
+    results["runs"] = [
+        r for r in results["runs"] if r["config"] != "default-wrk" or r["concurrency"] != 1
+    ]
     text = rendered(results, tmp_path)
     assert "| c=64 throughput, mlgate over bare | ≥ 2x | - | not measured |" in text
+    assert "mlgate `default-wrk` c=1 p50 not measured." in text
+    assert "| c=1 p50 over the floor's p50 | ≤ 3x | - | not measured |" in text
 
 
 def test_a_run_without_the_default_configurations_has_no_targets_section(tmp_path: Path) -> None:
