@@ -75,6 +75,21 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     floor.add_argument("--samples", type=int, default=2000, help="requests timed")
     floor.set_defaults(func=cmd_floor)
 
+    budget = commands.add_parser(
+        "budget",
+        help="CPU per request, stage by stage, of the gateway built in-process",
+        description="CPU per request, stage by stage: the app as `mlgate serve` builds it,"
+        " called through ASGI one request at a time (loadtests/budget.py says how).",
+    )
+    budget.add_argument(
+        "--feature-store", default="memory://", help="memory:// (seeded here) or a seeded redis://"
+    )
+    budget.add_argument("--entities", type=int, default=10_000, help="entities to draw from")
+    budget.add_argument("--requests", type=int, default=3000, help="requests per workload")
+    budget.add_argument("--models", type=Path, default=Path("models"), help="model repository")
+    budget.add_argument("--views", type=Path, default=DEFAULT_VIEWS, help="feature views YAML")
+    budget.set_defaults(func=cmd_budget)
+
     suite = commands.add_parser(
         "suite", help="the benchmark suite behind docs/benchmarks.md (what `make bench` runs)"
     )
@@ -324,6 +339,16 @@ def cmd_floor(args: argparse.Namespace) -> int:
         print(f"bench floor: {exc}", file=sys.stderr)
         return 1
     print(format_floor(floor))
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from loadtests.budget import format_budget, measure_budget
+
+    budget = measure_budget(
+        args.models, args.views, args.feature_store, args.entities, args.requests
+    )
+    print(format_budget(budget))
     return 0
 
 

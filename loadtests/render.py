@@ -11,7 +11,9 @@ from loadtests.against import section as against_section
 from loadtests.configs import CLUSTER_CONFIG, SIDE_BY_SIDE
 from loadtests.instructions import latest as latest_instructions
 from loadtests.instructions import section as instructions_section
+from loadtests.render_budget import budget_section
 from loadtests.render_gpu import gpu_section, latest_gpu_results
+from loadtests.render_targets import targets_section
 from loadtests.report import mib, ms
 from loadtests.workloads import SCENARIOS
 
@@ -52,11 +54,13 @@ def markdown(
         "mlgate bench run --url http://127.0.0.1:8000 --scenario mix --rate 500 --poisson",
         "mlgate bench run --url grpc://127.0.0.1:8001 --scenario v2-dense-1 --procs 2",
         "mlgate bench ceiling          # the generator alone, against a trivial server",
+        "mlgate bench budget           # CPU per request, stage by stage, in-process",
         "mlgate bench suite --configs baseline,batching-fixed-500us,batching-fixed-2ms"
         " --scenarios predict-1,heavy-1   # adaptive against fixed delays",
         "mlgate bench suite --configs overload   # 429s and memory beyond max_queue_size",
         "make triton-venv && mlgate bench suite --configs baseline,triton"
         " --scenarios predict-1   # and Triton",
+        "mlgate bench suite --configs default-wrk,default-grpc,triton   # the targets",
         "locust -f loadtests/locustfile.py --headless -u 8 -t 30s \\",
         "    --host http://127.0.0.1:8000 --mlgate-scenario predict-8-zipf HttpScenarioUser",
         "```",
@@ -120,6 +124,8 @@ def markdown(
         lines += _side_by_side_section(title, names, results["runs"])
     lines += _cluster_section(results["configs"], results["runs"])
     lines += _triton_section(results)
+    lines += targets_section(results)
+    lines += budget_section(results.get("budget"))
     lines += _overload_section(results.get("overload"), memory_plot_name)
     lines += gpu_section(latest_gpu_results())
     lines += instructions_section(latest_instructions())

@@ -26,6 +26,7 @@ import httpx
 import orjson
 
 from loadtests import against
+from loadtests.budget import format_budget, measure_budget
 from loadtests.configs import CONFIGS, GatewayConfig
 from loadtests.cpu import tree_cpu_s
 from loadtests.floor import format_floor, measure_floor
@@ -38,7 +39,9 @@ from loadtests.runner import Job, execute
 from loadtests.seed import seed
 from loadtests.targets import Client
 from loadtests.triton import (
+    DIRECT_SCENARIO,
     MISSING_VENV,
+    TritonServer,
     direct_scenario,
     running_triton,
     serve_args,
@@ -65,6 +68,7 @@ CEILING_CLIENTS: tuple[tuple[str, str, Client, str], ...] = (
     ("grpc.aio", "grpc", "raw", "v2-entities-8"),
 )
 FLOOR_SAMPLES = 3000
+BUDGET_REQUESTS = 3000
 # The addresses printed in reproducible commands; the suite itself uses free ports.
 DOC_URLS = {"http": "http://127.0.0.1:8000", "grpc": "grpc://127.0.0.1:8001"}
 DOC_REDIS = "redis://127.0.0.1:6379/0"
@@ -143,6 +147,14 @@ def run_suite(settings: SuiteSettings) -> Path:
         }
         _say("floor:\n" + format_floor(floor))
         results["ceiling"] = ceiling(settings)
+        # Sequential and in-process: seconds, on the suite's seeded Redis.
+        results["budget"] = {
+            "command": f"mlgate bench budget --feature-store {DOC_REDIS}"
+            f" --entities {settings.entities} --requests {BUDGET_REQUESTS}"
+        } | measure_budget(
+            settings.models, settings.views, redis_url, settings.entities, BUDGET_REQUESTS
+        )
+        _say("CPU budget per request:\n" + format_budget(results["budget"]))
         for config in configs:
             if config.overload is not None:
                 _say(f"{config.name}: {config.description}")
@@ -240,6 +252,7 @@ def measure_triton(
         models = triton_repository(settings.models, logs / "models-triton", server.grpc)
         runs = measure_gateway(settings, config, redis_url, models, logs)
         direct = measure_direct(settings, config, server.grpc)
+        bare = measure_bare(settings, server)
     ports = DOC_TRITON_PORTS
     args = serve_args(model, ports["grpc"], ports["http"], "/tmp/pytriton", only_fraud_mlp=True)
     section = {
@@ -247,8 +260,43 @@ def measure_triton(
         "server": " ".join([".venv-triton/bin/python -P loadtests/triton_serve.py", *args]),
         "repository": triton_config({}, f"{HOST}:{ports['grpc']}"),
         "direct": direct,
+        "bare": bare,
     }
     return section, runs
+
+
+def measure_bare(settings: SuiteSettings, server: TritonServer) -> list[dict[str, Any]]:
+    """The bare V2 inference server as the peer of `default-wrk`: the same wrk client, runs and
+    repeats, sending one V2 infer of one FP32 feature row over HTTP at every concurrency level,
+    with the CPU time of tritonserver's whole process tree per request answered."""
+    workload = Workload(SCENARIOS[DIRECT_SCENARIO], key_space=settings.entities)
+    url = f"http://{server.http}"
+    points = []
+    for level in settings.concurrency:
+        spec = LoadSpec(concurrency=level, duration_s=settings.duration_s)
+        job = Job(url, workload, spec, client="wrk")
+        point = timed_runs(job, settings.repeats, server.proc.pid)
+        command = (
+            f"mlgate bench run --url http://{HOST}:{DOC_TRITON_PORTS['http']}"
+            f" --scenario {DIRECT_SCENARIO} --concurrency {level}"
+            f" --duration {settings.duration_s:g} --client wrk"
+        )
+        points.append({"concurrency": level, "command": command} | point)
+        _say(f"Triton bare, wrk c={level}: {_brief_point(point)}")
+    return points
+
+
+def timed_runs(job: Job, repeats: int, pid: int) -> dict[str, Any]:
+    """`repeats` runs of `job`, summarised, with the CPU time of `pid`'s process tree per
+    request answered."""
+    cpu_s = tree_cpu_s(pid)
+    runs = [execute(job) for _ in range(repeats)]
+    cpu_s = tree_cpu_s(pid) - cpu_s
+    point = summarise(runs) | {"repeats": [r.to_dict() for r in runs]}
+    answered = sum(r.completed for r in runs)
+    if answered:
+        point["server_cpu_us_per_request"] = round(cpu_s / answered * 1e6, 1)
+    return point
 
 
 def measure_direct(
@@ -302,14 +350,8 @@ def measure(
         spec = LoadSpec(concurrency=level, duration_s=settings.duration_s)
         before = batch_totals(metrics_url)
         trips = metric_total(metrics_url, ROUND_TRIPS)
-        cpu_s = tree_cpu_s(pid)
-        job = Job(url, workload, spec, client=config.client)
-        repeats = [execute(job) for _ in range(settings.repeats)]
-        cpu_s = tree_cpu_s(pid) - cpu_s
-        point = summarise(repeats) | {"rows_per_batch": rows_per_batch(before, metrics_url)}
-        answered = sum(r.completed for r in repeats)
-        if answered:
-            point["server_cpu_us_per_request"] = round(cpu_s / answered * 1e6, 1)
+        point = timed_runs(Job(url, workload, spec, client=config.client), settings.repeats, pid)
+        point["rows_per_batch"] = rows_per_batch(before, metrics_url)
         if point["requests"]:
             trips = metric_total(metrics_url, ROUND_TRIPS) - trips
             point["round_trips_per_request"] = round(trips / point["requests"], 3)
@@ -323,7 +365,6 @@ def measure(
             {"config": config.name, "scenario": scenario, "concurrency": level}
             | {"command": command}
             | point
-            | {"repeats": [r.to_dict() for r in repeats]}
         )
         _say(f"{config.name} {scenario} c={level}: {_brief_point(point)}")
     return points
