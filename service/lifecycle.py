@@ -430,7 +430,11 @@ class Lifecycle:
         except ConfigError as exc:
             metrics.MODEL_LIFECYCLE.labels(model, version, action, "failed").inc()
             log.error("could not %s %s version %s:\n%s", action, model, version, exc)
-            raise Unprocessable(f"cannot {action} version '{version}': {exc}") from None
+            # The answer names files relative to the repository: no server path in a body.
+            reason = str(exc)
+            if self.repository.root is not None:
+                reason = reason.replace(f"{self.repository.root}{os.sep}", "")
+            raise Unprocessable(f"cannot {action} version '{version}': {reason}") from None
         await self.registry.install(mv, generation)
         metrics.MODEL_LIFECYCLE.labels(model, version, action, "ok").inc()
         log.info("%sed %s version %s", action.removesuffix("e"), model, version)

@@ -273,7 +273,10 @@ def test_versions_load_unload_and_reload_through_the_admin_api(gateway: GatewayP
     assert predict(gateway, "managed", "u1", headers={VERSION_HEADER: "2"}).status_code == 200
     r = admin(gateway, "POST", "models/managed/versions/2/reload")
     assert r.status_code == 200 and r.json()["policy"]["versions"] == {"1": 0, "2": 1}
-    assert admin(gateway, "POST", "models/managed/versions/5/load").status_code == 422
+    missing = admin(gateway, "POST", "models/managed/versions/5/load")
+    # The reason names the version's directory within the repository, never the server's path.
+    assert missing.status_code == 422
+    assert missing.json() == {"error": "cannot load version '5': managed/5: no version '5' to load"}
     assert admin(gateway, "POST", "models/managed/versions/x/load").status_code == 400
 
 
