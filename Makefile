@@ -37,28 +37,30 @@ triton-venv: $(TRITON_STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/mlgate serve
 
-# redis-cli (redis-tools) forms the tests' Redis Cluster.
-redis-server:
-	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server redis-tools >/dev/null; \
-	  else echo "redis-server or redis-cli is missing: run 'sudo apt-get install redis-server redis-tools' and retry"; exit 1; fi; }
-
-# promtool checks and unit-tests the alert rules; the alerting test runs a real Prometheus.
-# Its service must not start on install: a policy-rc.d that refuses starts is put in place for
-# the install when the machine has none (Docker images ship one), and removed after.
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+# Debian packages the tests use, installed when one of commands $(1) is missing: packages $(2)
+# (as root; otherwise the command to run is printed). Their services must not start on install:
+# a policy-rc.d that refuses starts is put in place when the machine has none (Docker images
+# ship one), and removed after.
+define debian
+	@missing=; for c in $(1); do command -v $$c >/dev/null || missing=1; done; [ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    own=; [ -e /usr/sbin/policy-rc.d ] || { own=1; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
 	    status=$$?; [ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
-	  else echo "prometheus or promtool is missing: run 'sudo apt-get install prometheus' and retry"; exit 1; fi; }
+	  else echo "$(1): missing; run 'sudo apt-get install $(2)' and retry"; exit 1; fi; }
+endef
+
+# redis-cli (redis-tools) forms the tests' Redis Cluster.
+redis-server:
+	$(call debian,redis-server redis-cli,redis-server redis-tools)
+
+# promtool checks and unit-tests the alert rules; the alerting test runs a real Prometheus.
+prometheus:
+	$(call debian,prometheus promtool,prometheus)
 
 # wrk: the C-speed HTTP client `mlgate bench --client wrk` drives.
 wrk:
-	@command -v wrk >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
-	  else echo "wrk is missing: run 'sudo apt-get install wrk' and retry"; exit 1; fi; }
+	$(call debian,wrk,wrk)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

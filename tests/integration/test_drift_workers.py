@@ -44,11 +44,10 @@ def test_workers_judge_merged_counts_and_alarm_for_the_shifted_feature_only(
             run.result()
     inputs = {k[2]: v for k, v in alarms.items() if k[:2] == ("fraud_mlp", "2") and k[3] == "input"}
     assert {name for name, v in inputs.items() if v == 1} == {SHIFTED}
-    # Each sub-window's key holds one entry per process that counted in it.
+    # The counts were handed to Redis: a key per sub-window (an entry per process that counted).
     client = redis.Redis.from_url(url)
     try:
         profile_hash = read_profile(Path("models/fraud_mlp/2") / REFERENCE_FILE).hash
-        keys = client.keys(f"mlgate:drift:{{fraud_mlp/2/{profile_hash}}}:*")
-        assert keys and max(client.llen(k) for k in keys) >= 1
+        assert client.keys(f"mlgate:drift:{{fraud_mlp/2/{profile_hash}}}:*")
     finally:
         client.close()
